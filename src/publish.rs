@@ -1,0 +1,258 @@
+//! Publishing: turn a directory into the next signed version of a collection.
+//!
+//! The tree is scanned and checked (paths, symlinks) before any data is read,
+//! then every file is cut into chunks that the store does not already hold,
+//! committed in batches, and finally the manifest is stored, signed and made
+//! current. A publish killed at any point leaves a consistent store, and
+//! running it again reuses every chunk already committed.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::announce::{self, valid_name, Announcement, SignedAnnouncement};
+use crate::chunk::{self, ChunkerParams};
+use crate::keys::MasterKey;
+use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestError};
+use crate::store::{Store, StoreError};
+
+/// Commit a batch once this many new bytes are written, so a killed publish
+/// loses little work.
+const COMMIT_BYTES: u64 = 64 << 20;
+/// ... or once this many new chunks are written (trees of small files).
+const COMMIT_CHUNKS: usize = 4096;
+
+/// How to publish.
+#[derive(Clone, Debug)]
+pub struct PublishOptions {
+    /// Collection name; defaults to the source directory's name.
+    pub name: Option<String>,
+    /// Version number; defaults to one more than the newest held.
+    pub version: Option<u64>,
+    /// How long the announcement stays valid, in seconds.
+    pub valid_for: u64,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            name: None,
+            version: None,
+            valid_for: 365 * 24 * 3600,
+        }
+    }
+}
+
+/// What a publish did.
+#[derive(Clone, Debug)]
+pub struct PublishReport {
+    /// The signed announcement of the new version.
+    pub announcement: SignedAnnouncement,
+    /// Regular files.
+    pub files: u64,
+    /// File bytes.
+    pub bytes: u64,
+    /// Bytes written to the store that it did not hold before.
+    pub new_bytes: u64,
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Reading the source tree failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A device, socket or FIFO in the tree.
+    #[error("{0} is not a regular file, directory or symlink")]
+    SpecialFile(PathBuf),
+    /// A name that is not UTF-8.
+    #[error("{0} is not valid UTF-8")]
+    NonUtf8(PathBuf),
+    /// A collection name that cannot be used.
+    #[error(
+        "invalid collection name {0:?} (use letters, digits, '-', '_', '.', '+'; pass --name)"
+    )]
+    BadName(String),
+    /// The tree breaks a manifest rule (escaping symlink, ...).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Progress callback arguments: bytes read so far, total bytes.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// Publishes `src` as the next version of `key`'s collection.
+pub fn publish(
+    store: &Store,
+    key: &MasterKey,
+    src: &Path,
+    opts: &PublishOptions,
+    progress: Progress<'_>,
+) -> Result<PublishReport, PublishError> {
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => src
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default(),
+    };
+    if !valid_name(&name) {
+        return Err(PublishError::BadName(name));
+    }
+    let params = ChunkerParams::default();
+    let mut entries = scan(src)?;
+    // Check paths and links before reading any data (sizes are checked at the end).
+    let skeleton = entries.iter().map(|e| Entry {
+        path: e.path.clone(),
+        kind: match &e.kind {
+            EntryKind::File { executable, .. } => EntryKind::File {
+                size: 0,
+                executable: *executable,
+                chunks: Vec::new(),
+            },
+            k => k.clone(),
+        },
+    });
+    Manifest::new(skeleton.collect(), params.clone()).validate()?;
+    let total: u64 = entries
+        .iter()
+        .map(|e| match e.kind {
+            EntryKind::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
+
+    let mut batch = store.batch();
+    let mut done = 0u64;
+    let mut since_commit = (0u64, 0usize);
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    for e in entries.iter_mut() {
+        let EntryKind::File { size, chunks, .. } = &mut e.kind else {
+            continue;
+        };
+        let path = src.join(&e.path);
+        let read_err = |source| PublishError::Read {
+            path: path.clone(),
+            source,
+        };
+        let f = File::open(&path).map_err(read_err)?;
+        let mut actual = 0u64;
+        for c in chunk::chunks(f, Some(*size), &params) {
+            let c = c.map_err(read_err)?;
+            let len = c.data.len() as u64;
+            if batch.add(&c.id, &c.data)? {
+                since_commit.0 += len;
+                since_commit.1 += 1;
+            }
+            chunks.push(ChunkRef {
+                id: c.id,
+                len: len as u32,
+            });
+            actual += len;
+            done += len;
+            progress(done, total.max(done));
+            if since_commit.0 >= COMMIT_BYTES || since_commit.1 >= COMMIT_CHUNKS {
+                batch.commit()?;
+                since_commit = (0, 0);
+            }
+        }
+        // The file may have changed size since the scan: record what was read.
+        *size = actual;
+        files += 1;
+        bytes += actual;
+    }
+    batch.commit()?;
+
+    let manifest = Manifest::new(entries, params);
+    manifest.validate()?;
+    let (manifest_id, manifest_size) = batch.add_manifest_bytes(&manifest.encode())?;
+    let new_bytes = batch.new_bytes();
+    drop(batch);
+
+    let collection = key.collection();
+    let version = match opts.version {
+        Some(v) => v,
+        None => store.latest(&collection)?.map_or(1, |a| a.body.version + 1),
+    };
+    let published_at = announce::now();
+    let announcement = Announcement {
+        collection,
+        name,
+        version,
+        manifest: manifest_id,
+        manifest_size,
+        total_bytes: bytes,
+        files,
+        published_at,
+        expires_at: published_at.saturating_add(opts.valid_for.max(1)),
+    }
+    .sign(key);
+    store.accept_announcement(&announcement)?;
+    store.set_current(&collection, version)?;
+    Ok(PublishReport {
+        announcement,
+        files,
+        bytes,
+        new_bytes,
+    })
+}
+
+/// Lists a tree as manifest entries (files with their scanned size and no
+/// chunks yet), sorted.
+pub fn scan(src: &Path) -> Result<Vec<Entry>, PublishError> {
+    let mut out = Vec::new();
+    for item in walkdir::WalkDir::new(src).follow_links(false).min_depth(1) {
+        let item = item.map_err(|e| PublishError::Read {
+            path: e.path().unwrap_or(src).to_path_buf(),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| io::Error::other("walk failed")),
+        })?;
+        let rel = item
+            .path()
+            .strip_prefix(src)
+            .unwrap_or(item.path())
+            .to_str()
+            .ok_or_else(|| PublishError::NonUtf8(item.path().to_path_buf()))?
+            .to_string();
+        let read_err = |source| PublishError::Read {
+            path: item.path().to_path_buf(),
+            source,
+        };
+        let ft = item.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(item.path()).map_err(read_err)?;
+            EntryKind::Symlink {
+                target: target
+                    .to_str()
+                    .ok_or_else(|| PublishError::NonUtf8(item.path().to_path_buf()))?
+                    .to_string(),
+            }
+        } else if ft.is_file() {
+            let md = item.metadata().map_err(|e| read_err(e.into()))?;
+            EntryKind::File {
+                size: md.len(),
+                executable: md.permissions().mode() & 0o100 != 0,
+                chunks: Vec::new(),
+            }
+        } else {
+            return Err(PublishError::SpecialFile(item.path().to_path_buf()));
+        };
+        out.push(Entry { path: rel, kind });
+    }
+    out.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    Ok(out)
+}

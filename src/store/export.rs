@@ -1,0 +1,194 @@
+//! `export`: write a version out as a plain directory tree, exactly and
+//! atomically. The tree is built in a temporary sibling of the destination,
+//! flushed to disk, and renamed into place (swapped with `RENAME_EXCHANGE`
+//! when the destination exists), so readers see the old tree or the new one,
+//! never a mix. Every chunk is verified as it is read.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::{io_ctx, Result, Store, StoreError};
+use crate::keys::CollectionId;
+use crate::manifest::{EntryKind, Manifest};
+
+/// What an export wrote.
+#[derive(Clone, Debug, Default)]
+pub struct ExportReport {
+    /// The version written.
+    pub version: u64,
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// File bytes.
+    pub bytes: u64,
+}
+
+impl Store {
+    /// Writes `version` (default: current) of a collection to `dest`.
+    /// An existing non-empty `dest` is swapped out only with `replace`.
+    pub fn export(
+        &self,
+        id: &CollectionId,
+        version: Option<u64>,
+        dest: &Path,
+        replace: bool,
+    ) -> Result<ExportReport> {
+        let a = match version {
+            Some(v) => self
+                .version(id, v)?
+                .ok_or(StoreError::UnknownVersion(*id, v))?,
+            None => self
+                .current(id)?
+                .ok_or(StoreError::UnknownCollection(*id))?,
+        };
+        let m = self.manifest(&a.body.manifest)?;
+        let missing = self.missing_chunks(&m)?.len();
+        if missing > 0 {
+            return Err(StoreError::Incomplete {
+                version: a.body.version,
+                missing,
+            });
+        }
+        let dest_exists = match fs::symlink_metadata(dest) {
+            Ok(md) if md.is_dir() => {
+                let empty = fs::read_dir(dest)
+                    .map_err(io_ctx(format!("reading {}", dest.display())))?
+                    .next()
+                    .is_none();
+                if !empty && !replace {
+                    return Err(StoreError::DestinationNotEmpty(dest.to_path_buf()));
+                }
+                true
+            }
+            Ok(_) => return Err(StoreError::DestinationNotEmpty(dest.to_path_buf())),
+            Err(_) => false,
+        };
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(io_ctx(format!("creating {}", parent.display())))?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "export".into());
+        let tmp = parent.join(format!(".{name}.peermirror-tmp-{}", std::process::id()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_ctx(format!("removing {}", tmp.display())))?;
+        }
+        let result = self.write_tree(&m, &tmp).and_then(|mut r| {
+            r.version = a.body.version;
+            sync_fs(&tmp)?;
+            swap_into_place(&tmp, dest, dest_exists)?;
+            Ok(r)
+        });
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn write_tree(&self, m: &Manifest, root: &Path) -> Result<ExportReport> {
+        let mut r = ExportReport::default();
+        mkdir(root)?;
+        for e in &m.entries {
+            // Paths were validated: relative, no `..`, nothing below a file or link.
+            let path = root.join(&e.path);
+            if let Some(p) = path.parent() {
+                fs::create_dir_all(p).map_err(io_ctx(format!("creating {}", p.display())))?;
+            }
+            match &e.kind {
+                EntryKind::Dir => {
+                    mkdir(&path)?;
+                    r.dirs += 1;
+                }
+                EntryKind::Symlink { target } => {
+                    std::os::unix::fs::symlink(target, &path)
+                        .map_err(io_ctx(format!("creating link {}", path.display())))?;
+                    r.symlinks += 1;
+                }
+                EntryKind::File {
+                    size,
+                    executable,
+                    chunks,
+                } => {
+                    let ctx = || format!("writing {}", path.display());
+                    let mut f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(io_ctx(ctx()))?;
+                    for c in chunks {
+                        let data = self.read_chunk(&c.id)?;
+                        f.write_all(&data).map_err(io_ctx(ctx()))?;
+                    }
+                    let mode = if *executable { 0o755 } else { 0o644 };
+                    f.set_permissions(fs::Permissions::from_mode(mode))
+                        .map_err(io_ctx(ctx()))?;
+                    r.files += 1;
+                    r.bytes += size;
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+fn mkdir(path: &Path) -> Result<()> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            Err(io_ctx(format!("creating {}", path.display()))(e))
+        }
+        _ => fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+            .map_err(io_ctx(format!("chmod {}", path.display()))),
+    }
+}
+
+/// Flushes the whole file system holding `path` in one call, instead of an
+/// fsync per exported file.
+fn sync_fs(path: &Path) -> Result<()> {
+    let f = File::open(path).map_err(io_ctx(format!("opening {}", path.display())))?;
+    // SAFETY: syncfs on a valid open descriptor.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io_ctx("syncing the exported tree")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn swap_into_place(tmp: &Path, dest: &Path, dest_exists: bool) -> Result<()> {
+    if !dest_exists {
+        return fs::rename(tmp, dest).map_err(io_ctx(format!("renaming into {}", dest.display())));
+    }
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io_ctx("path with NUL")(io::ErrorKind::InvalidInput.into()))
+    };
+    let (a, b) = (c(tmp)?, c(dest)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them relative to the cwd.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(io_ctx(format!("swapping into {}", dest.display()))(
+            io::Error::last_os_error(),
+        ));
+    }
+    // `tmp` now holds the previous tree.
+    fs::remove_dir_all(tmp).map_err(io_ctx(format!("removing old tree {}", tmp.display())))
+}

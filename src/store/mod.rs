@@ -1,0 +1,586 @@
+//! The content-addressed store: chunk bodies in segment files, everything
+//! else in sled.
+//!
+//! Nothing outside this module touches sled or the segment files. sled holds
+//! five trees: `chunks` (id -> [`Loc`]), `segments` (segment -> durable
+//! length), `manifests` (manifest id -> the chunks of its encoding),
+//! `collections` (collection id -> name, current and newest accepted
+//! version) and `versions` (collection id + version -> signed announcement).
+//!
+//! Crash safety follows from the order of writes: chunk bytes are appended
+//! and fsynced before their index entries are written and flushed
+//! ([`Batch::commit`]); a version becomes current in one key write, only
+//! after every chunk it needs is indexed. Anything written but not indexed is
+//! cut off or ignored when the store opens.
+
+mod export;
+mod gc;
+mod segments;
+mod verify;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::announce::{self, AnnounceError, SignedAnnouncement};
+use crate::chunk::{self, ChunkerParams};
+use crate::hash::Hash;
+use crate::keys::CollectionId;
+use crate::manifest::{ChunkRef, Manifest, ManifestError};
+
+pub use export::ExportReport;
+pub use gc::GcReport;
+pub use segments::Loc;
+use segments::Segments;
+pub use verify::{Problem, VerifyReport};
+
+/// What went wrong in the store, grouped by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process has the store open.
+    #[error("the store at {0} is in use by another peermirror process (is a node running?)")]
+    Locked(PathBuf),
+    /// A file system operation failed (disk full, permissions, ...).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The index database failed.
+    #[error("index database: {0}")]
+    Db(#[from] sled::Error),
+    /// Stored bytes do not hash to their id.
+    #[error("chunk {id} is corrupt: {why}")]
+    CorruptChunk {
+        /// The chunk.
+        id: Hash,
+        /// What is wrong.
+        why: String,
+    },
+    /// An index value that does not decode.
+    #[error("corrupt index entry: {0}")]
+    CorruptIndex(String),
+    /// A chunk that is not in the store.
+    #[error("chunk {0} is not in the store")]
+    MissingChunk(Hash),
+    /// A manifest that is not in the store.
+    #[error("manifest {0} is not in the store")]
+    MissingManifest(Hash),
+    /// A manifest that fails validation.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// An announcement that fails validation.
+    #[error(transparent)]
+    Announce(#[from] AnnounceError),
+    /// A collection this store does not know.
+    #[error("unknown collection {0}")]
+    UnknownCollection(CollectionId),
+    /// A version this store does not hold.
+    #[error("collection {0} has no version {1} in this store")]
+    UnknownVersion(CollectionId, u64),
+    /// A version some of whose chunks are missing.
+    #[error("version {version} is incomplete: {missing} chunks missing")]
+    Incomplete {
+        /// The version.
+        version: u64,
+        /// How many chunks are missing.
+        missing: usize,
+    },
+    /// An export destination that would be overwritten without being asked to.
+    #[error("{0} exists and is not empty (pass --replace to swap it atomically)")]
+    DestinationNotEmpty(PathBuf),
+}
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// The chunks that hold an encoded manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ManifestRecord {
+    size: u64,
+    chunks: Vec<ChunkRef>,
+}
+
+/// Per-collection state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct CollectionRecord {
+    name: String,
+    /// The complete version HTTP and export serve.
+    current: Option<u64>,
+    /// The newest version whose announcement was accepted.
+    accepted: Option<u64>,
+}
+
+/// What [`Store::collections`] reports about one collection.
+#[derive(Clone, Debug)]
+pub struct CollectionInfo {
+    /// The collection.
+    pub id: CollectionId,
+    /// Its name.
+    pub name: String,
+    /// The current (complete) version's announcement.
+    pub current: Option<SignedAnnouncement>,
+    /// The newest accepted version.
+    pub accepted: Option<u64>,
+    /// Every version held, oldest first.
+    pub versions: Vec<u64>,
+}
+
+/// Totals for `status`.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    /// Chunks indexed.
+    pub chunks: u64,
+    /// Bytes of chunk bodies indexed.
+    pub chunk_bytes: u64,
+    /// Bytes the segment files occupy on disk.
+    pub disk_bytes: u64,
+}
+
+/// An open store. One process at a time (a lock file enforces it).
+pub struct Store {
+    root: PathBuf,
+    db: sled::Db,
+    chunks: sled::Tree,
+    segment_lens: sled::Tree,
+    manifests: sled::Tree,
+    collections: sled::Tree,
+    versions: sled::Tree,
+    segs: Segments,
+    /// Batches hold it shared; gc holds it exclusively, so it never frees
+    /// space that an uncommitted batch has just written.
+    gate: RwLock<()>,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        fs::create_dir_all(root).map_err(io_ctx(format!("creating {}", root.display())))?;
+        let lock = lock_dir(root)?;
+        let db = sled::Config::new()
+            .path(root.join("index"))
+            .cache_capacity(16 << 20)
+            .open()?;
+        let segment_lens = db.open_tree("segments")?;
+        let mut durable = HashMap::new();
+        for kv in segment_lens.iter() {
+            let (k, v) = kv?;
+            durable.insert(be_u32(&k)?, be_u64(&v)?);
+        }
+        let segs = Segments::open(&root.join("segments"), &durable)
+            .map_err(io_ctx("opening segment files"))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            chunks: db.open_tree("chunks")?,
+            manifests: db.open_tree("manifests")?,
+            collections: db.open_tree("collections")?,
+            versions: db.open_tree("versions")?,
+            segment_lens,
+            segs,
+            db,
+            gate: RwLock::new(()),
+            _lock: lock,
+        })
+    }
+
+    /// The directory this store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a chunk's body lives, if it is indexed.
+    pub fn chunk_loc(&self, id: &Hash) -> Result<Option<Loc>> {
+        match self.chunks.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Loc::decode(&v)
+                .map(Some)
+                .ok_or_else(|| StoreError::CorruptIndex(format!("location of chunk {id}"))),
+        }
+    }
+
+    /// Whether a chunk is indexed.
+    pub fn has_chunk(&self, id: &Hash) -> Result<bool> {
+        Ok(self.chunks.contains_key(id.as_bytes())?)
+    }
+
+    /// Reads a chunk and checks it hashes to `id`.
+    pub fn read_chunk(&self, id: &Hash) -> Result<Vec<u8>> {
+        let loc = self.chunk_loc(id)?.ok_or(StoreError::MissingChunk(*id))?;
+        let data = self.segs.read(loc).map_err(|e| StoreError::CorruptChunk {
+            id: *id,
+            why: format!("unreadable: {e}"),
+        })?;
+        if Hash::of(&data) != *id {
+            return Err(StoreError::CorruptChunk {
+                id: *id,
+                why: "bytes do not hash to the chunk id".into(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Starts a batch of chunk writes.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            _gate: self.gate.read().unwrap_or_else(|p| p.into_inner()),
+            pending: HashMap::new(),
+            new_bytes: 0,
+        }
+    }
+
+    /// Reads, checks and decodes a manifest.
+    pub fn manifest(&self, id: &Hash) -> Result<Manifest> {
+        let rec = self.manifest_record(id)?;
+        let mut bytes = Vec::with_capacity(rec.size as usize);
+        for c in &rec.chunks {
+            bytes.extend(self.read_chunk(&c.id)?);
+        }
+        if Hash::of(&bytes) != *id {
+            return Err(StoreError::CorruptIndex(format!(
+                "manifest {id} does not hash to its id"
+            )));
+        }
+        Ok(Manifest::decode(&bytes)?)
+    }
+
+    fn manifest_record(&self, id: &Hash) -> Result<ManifestRecord> {
+        let v = self
+            .manifests
+            .get(id.as_bytes())?
+            .ok_or(StoreError::MissingManifest(*id))?;
+        postcard::from_bytes(&v)
+            .map_err(|e| StoreError::CorruptIndex(format!("manifest {id}: {e}")))
+    }
+
+    /// Whether the manifest is stored.
+    pub fn has_manifest(&self, id: &Hash) -> Result<bool> {
+        Ok(self.manifests.contains_key(id.as_bytes())?)
+    }
+
+    /// Stores an encoded manifest received from elsewhere (checked against
+    /// its id and decoded before anything is written).
+    pub fn put_manifest_bytes(&self, id: &Hash, bytes: &[u8]) -> Result<Manifest> {
+        if Hash::of(bytes) != *id {
+            return Err(StoreError::CorruptChunk {
+                id: *id,
+                why: "manifest bytes do not hash to the announced id".into(),
+            });
+        }
+        let m = Manifest::decode(bytes)?;
+        let mut b = self.batch();
+        b.add_manifest_bytes(bytes)?;
+        Ok(m)
+    }
+
+    /// Chunks of a manifest's files that are not in the store, each once.
+    pub fn missing_chunks(&self, m: &Manifest) -> Result<Vec<ChunkRef>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (_, _, _, chunks) in m.files() {
+            for c in chunks {
+                if seen.insert(c.id) && !self.has_chunk(&c.id)? {
+                    out.push(*c);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn collection_record(&self, id: &CollectionId) -> Result<Option<CollectionRecord>> {
+        self.collections
+            .get(id.0)?
+            .map(|v| {
+                postcard::from_bytes(&v)
+                    .map_err(|e| StoreError::CorruptIndex(format!("collection {id}: {e}")))
+            })
+            .transpose()
+    }
+
+    fn put_collection_record(&self, id: &CollectionId, rec: &CollectionRecord) -> Result<()> {
+        self.collections
+            .insert(id.0, postcard::to_stdvec(rec).unwrap_or_default())?;
+        Ok(())
+    }
+
+    /// Verifies an announcement and records it if it is newer than every
+    /// version accepted before; replays and rollbacks are refused.
+    pub fn accept_announcement(&self, a: &SignedAnnouncement) -> Result<()> {
+        a.verify(announce::now())?;
+        let id = a.body.collection;
+        let mut rec = self.collection_record(&id)?.unwrap_or_default();
+        a.check_newer(rec.accepted)?;
+        self.versions
+            .insert(version_key(&id, a.body.version), a.encode())?;
+        rec.accepted = Some(a.body.version);
+        if rec.current.is_none() {
+            rec.name = a.body.name.clone();
+        }
+        self.put_collection_record(&id, &rec)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Makes an accepted version current, in one atomic step, once its
+    /// manifest and every chunk are present.
+    pub fn set_current(&self, id: &CollectionId, version: u64) -> Result<()> {
+        let a = self
+            .version(id, version)?
+            .ok_or(StoreError::UnknownVersion(*id, version))?;
+        let m = self.manifest(&a.body.manifest)?;
+        let missing = self.missing_chunks(&m)?.len();
+        if missing > 0 {
+            return Err(StoreError::Incomplete { version, missing });
+        }
+        let mut rec = self.collection_record(id)?.unwrap_or_default();
+        if rec.current.is_some_and(|c| c >= version) {
+            return Ok(());
+        }
+        rec.current = Some(version);
+        rec.name = a.body.name.clone();
+        self.put_collection_record(id, &rec)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A stored announcement of one version.
+    pub fn version(&self, id: &CollectionId, version: u64) -> Result<Option<SignedAnnouncement>> {
+        self.versions
+            .get(version_key(id, version))?
+            .map(|v| decode_announcement(&v))
+            .transpose()
+    }
+
+    /// The current version's announcement.
+    pub fn current(&self, id: &CollectionId) -> Result<Option<SignedAnnouncement>> {
+        match self.collection_record(id)?.and_then(|r| r.current) {
+            None => Ok(None),
+            Some(v) => self.version(id, v),
+        }
+    }
+
+    /// The newest accepted announcement (possibly not yet complete).
+    pub fn latest(&self, id: &CollectionId) -> Result<Option<SignedAnnouncement>> {
+        match self.collection_record(id)?.and_then(|r| r.accepted) {
+            None => Ok(None),
+            Some(v) => self.version(id, v),
+        }
+    }
+
+    /// Versions held for a collection, oldest first.
+    pub fn versions(&self, id: &CollectionId) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for kv in self.versions.scan_prefix(id.0) {
+            let (k, _) = kv?;
+            out.push(be_u64(&k[32..])?);
+        }
+        Ok(out)
+    }
+
+    /// Every collection this store knows.
+    pub fn collections(&self) -> Result<Vec<CollectionInfo>> {
+        let mut out = Vec::new();
+        for kv in self.collections.iter() {
+            let (k, v) = kv?;
+            let id = CollectionId(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::CorruptIndex("collection key".into()))?,
+            );
+            let rec: CollectionRecord = postcard::from_bytes(&v)
+                .map_err(|e| StoreError::CorruptIndex(format!("collection {id}: {e}")))?;
+            out.push(CollectionInfo {
+                id,
+                name: rec.name,
+                current: self.current(&id)?,
+                accepted: rec.accepted,
+                versions: self.versions(&id)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Finds a collection by id or by name.
+    pub fn find_collection(&self, what: &str) -> Result<Option<CollectionId>> {
+        if let Ok(id) = what.parse::<CollectionId>() {
+            return Ok(Some(id));
+        }
+        Ok(self
+            .collections()?
+            .into_iter()
+            .find(|c| c.name == what)
+            .map(|c| c.id))
+    }
+
+    /// Chunk and disk totals.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let mut s = StoreStats::default();
+        for kv in self.chunks.iter() {
+            let (_, v) = kv?;
+            s.chunks += 1;
+            s.chunk_bytes += Loc::decode(&v).map_or(0, |l| l.len as u64);
+        }
+        s.disk_bytes = self
+            .segs
+            .list()
+            .map_err(io_ctx("listing segments"))?
+            .iter()
+            .map(|(_, b)| b)
+            .sum();
+        Ok(s)
+    }
+}
+
+/// A group of chunk writes made durable and indexed together.
+pub struct Batch<'a> {
+    store: &'a Store,
+    _gate: RwLockReadGuard<'a, ()>,
+    pending: HashMap<Hash, Loc>,
+    new_bytes: u64,
+}
+
+impl Batch<'_> {
+    /// Writes a chunk unless the store (or this batch) already has it.
+    /// `id` must be the blake3 of `data`: callers hash or verify first.
+    /// Returns whether the bytes were new.
+    pub fn add(&mut self, id: &Hash, data: &[u8]) -> Result<bool> {
+        debug_assert_eq!(Hash::of(data), *id);
+        if self.pending.contains_key(id) || self.store.has_chunk(id)? {
+            return Ok(false);
+        }
+        let loc = self
+            .store
+            .segs
+            .append(id, data)
+            .map_err(io_ctx("writing chunk data"))?;
+        self.pending.insert(*id, loc);
+        self.new_bytes += data.len() as u64;
+        Ok(true)
+    }
+
+    /// Bytes written by this batch that were not in the store before.
+    pub fn new_bytes(&self) -> u64 {
+        self.new_bytes
+    }
+
+    /// Chunks waiting for [`Batch::commit`].
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Makes the written chunks durable, then indexes them.
+    pub fn commit(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let synced = self
+            .store
+            .segs
+            .sync()
+            .map_err(io_ctx("syncing chunk data"))?;
+        let mut idx = sled::Batch::default();
+        for (id, loc) in self.pending.drain() {
+            idx.insert(id.as_bytes(), &loc.encode());
+        }
+        for (seg, len) in synced {
+            self.store
+                .segment_lens
+                .insert(&seg.to_be_bytes(), &len.to_be_bytes())?;
+        }
+        self.store.chunks.apply_batch(idx)?;
+        self.store.db.flush()?;
+        Ok(())
+    }
+
+    /// Stores an encoded manifest as chunks, commits, and records it.
+    pub fn add_manifest_bytes(&mut self, bytes: &[u8]) -> Result<(Hash, u64)> {
+        let id = Hash::of(bytes);
+        let mut refs = Vec::new();
+        for c in chunk::chunks(bytes, Some(bytes.len() as u64), &ChunkerParams::default()) {
+            let c = c.map_err(io_ctx("cutting manifest"))?;
+            refs.push(ChunkRef {
+                id: c.id,
+                len: c.data.len() as u32,
+            });
+            self.add(&c.id, &c.data)?;
+        }
+        self.commit()?;
+        let rec = ManifestRecord {
+            size: bytes.len() as u64,
+            chunks: refs,
+        };
+        self.store
+            .manifests
+            .insert(id.as_bytes(), postcard::to_stdvec(&rec).unwrap_or_default())?;
+        self.store.db.flush()?;
+        Ok((id, bytes.len() as u64))
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            if let Err(e) = self.commit() {
+                tracing::warn!(error = %e, "committing chunk batch on drop failed");
+            }
+        }
+    }
+}
+
+fn version_key(id: &CollectionId, version: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&id.0);
+    k[32..].copy_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn decode_announcement(v: &[u8]) -> Result<SignedAnnouncement> {
+    postcard::from_bytes(v).map_err(|e| StoreError::CorruptIndex(format!("announcement: {e}")))
+}
+
+fn be_u32(b: &[u8]) -> Result<u32> {
+    Ok(u32::from_be_bytes(
+        b.try_into()
+            .map_err(|_| StoreError::CorruptIndex("u32 key".into()))?,
+    ))
+}
+
+fn be_u64(b: &[u8]) -> Result<u64> {
+    Ok(u64::from_be_bytes(b.try_into().map_err(|_| {
+        StoreError::CorruptIndex("u64 value".into())
+    })?))
+}
+
+/// Takes an exclusive advisory lock on `root/LOCK` for the life of the store.
+fn lock_dir(root: &Path) -> Result<File> {
+    let path = root.join("LOCK");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_ctx(format!("opening {}", path.display())))?;
+    // SAFETY: flock on a valid open descriptor.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::Locked(root.to_path_buf()));
+        }
+        return Err(io_ctx(format!("locking {}", path.display()))(e));
+    }
+    Ok(f)
+}
