@@ -498,7 +498,7 @@ impl Batch<'_> {
         for (seg, len) in synced {
             self.store
                 .segment_lens
-                .insert(&seg.to_be_bytes(), &len.to_be_bytes())?;
+                .insert(seg.to_be_bytes(), &len.to_be_bytes())?;
         }
         self.store.chunks.apply_batch(idx)?;
         self.store.db.flush()?;

@@ -1,0 +1,6 @@
+//! Integration tests: the built binary, run in temporary directories.
+
+mod util;
+
+mod cli;
+mod crash;
