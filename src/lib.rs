@@ -10,14 +10,26 @@
 //! - [`store`]: the content-addressed store (sled index, chunk bodies in segment files),
 //!   with gc, verify and export.
 //! - [`publish`]: turning a directory into a new version.
+//! - [`net`]: the libp2p swarm and wire protocols (chunks, have-maps, latest announcement).
+//! - [`gossip`]: messages on a collection's gossip topic.
+//! - [`sync`]: fetching a version's manifest and chunks from many peers at once.
+//! - [`node`]: a running node: store, network, followers and control socket together.
+//! - [`control`]: the local control socket the CLI uses to reach a running node.
+//! - [`config`]: the node's TOML configuration.
 //! - [`demo`]: sample trees and tree comparison for the demo and tests.
 #![deny(missing_docs)]
 
 pub mod announce;
 pub mod chunk;
+pub mod config;
+pub mod control;
 pub mod demo;
+pub mod gossip;
 pub mod hash;
 pub mod keys;
 pub mod manifest;
+pub mod net;
+pub mod node;
 pub mod publish;
 pub mod store;
+pub mod sync;

@@ -45,7 +45,7 @@ impl Default for PublishOptions {
 }
 
 /// What a publish did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PublishReport {
     /// The signed announcement of the new version.
     pub announcement: SignedAnnouncement,

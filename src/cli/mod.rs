@@ -1,5 +1,6 @@
 //! Subcommands. Each reports with context (anyhow) and picks the exit code.
 
+mod node_cmds;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use peermirror::control::{self, Request, Response};
 use peermirror::keys::MasterKey;
 use peermirror::publish::{self, PublishOptions};
 use peermirror::store::Store;
@@ -79,10 +81,29 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         keep: usize,
     },
-    /// List collections, versions and sizes.
+    /// List collections, versions and sizes (and, on a running node, sync
+    /// progress and peers).
     Status,
-    /// Publish a generated sample (or --source) and export it again, in a
-    /// temporary directory, checking the round trip.
+    /// Run a node: serve what the store holds and follow collections.
+    Run {
+        #[command(flatten)]
+        net: node_cmds::NetArgs,
+        /// Collection id to follow (repeatable).
+        #[arg(long, value_name = "COLLECTION_ID")]
+        follow: Vec<String>,
+    },
+    /// Fetch the latest version of a collection from peers once, then exit.
+    Sync {
+        /// The collection id.
+        collection: String,
+        #[command(flatten)]
+        net: node_cmds::NetArgs,
+        /// Give up if no peer answers within this many seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Start a master and three mirrors on loopback in a temporary
+    /// directory, publish a generated sample (or --source), and watch them sync.
     Demo {
         /// Publish this directory instead of a generated sample.
         #[arg(long)]
@@ -111,12 +132,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             valid_days,
             src,
         } => {
+            let valid_for = valid_days.saturating_mul(24 * 3600);
+            let req = Request::Publish {
+                key: absolute(&key)?,
+                src: absolute(&src)?,
+                name: name.clone(),
+                version,
+                valid_for,
+            };
+            if let Some(resp) = remote(&data, &req)? {
+                let Response::Published(r) = resp else {
+                    bail!("unexpected answer from the node");
+                };
+                print_published(&r);
+                return Ok(ExitCode::SUCCESS);
+            }
             let key = MasterKey::load(&key)?;
             let store = open_store(&data)?;
             let opts = PublishOptions {
                 name,
                 version,
-                valid_for: valid_days.saturating_mul(24 * 3600),
+                valid_for,
             };
             cmd_publish(&store, &key, &src, &opts)?;
         }
@@ -126,13 +162,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             version,
             replace,
         } => {
-            let store = open_store(&data)?;
-            let id = store
-                .find_collection(&collection)?
-                .with_context(|| format!("no collection {collection:?} in this store"))?;
-            let r = store
-                .export(&id, version, &dest, replace)
-                .with_context(|| format!("exporting to {}", dest.display()))?;
+            let req = Request::Export {
+                collection: collection.clone(),
+                dest: absolute(&dest)?,
+                version,
+                replace,
+            };
+            let r = match remote(&data, &req)? {
+                Some(Response::Exported(r)) => r,
+                Some(_) => bail!("unexpected answer from the node"),
+                None => {
+                    let store = open_store(&data)?;
+                    let id = store
+                        .find_collection(&collection)?
+                        .with_context(|| format!("no collection {collection:?} in this store"))?;
+                    store
+                        .export(&id, version, &dest, replace)
+                        .with_context(|| format!("exporting to {}", dest.display()))?
+                }
+            };
             println!(
                 "exported version {} to {}: {} files, {} dirs, {} symlinks, {}",
                 r.version,
@@ -144,8 +192,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Verify { repair } => {
-            let store = open_store(&data)?;
-            let r = store.verify(repair)?;
+            let r = match remote(&data, &Request::Verify { repair })? {
+                Some(Response::Verified(r)) => r,
+                Some(_) => bail!("unexpected answer from the node"),
+                None => open_store(&data)?.verify(repair)?,
+            };
             for p in &r.problems {
                 println!("{p}");
             }
@@ -166,8 +217,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Gc { keep } => {
-            let store = open_store(&data)?;
-            let r = store.gc(keep)?;
+            let r = match remote(&data, &Request::Gc { keep })? {
+                Some(Response::Collected(r)) => r,
+                Some(_) => bail!("unexpected answer from the node"),
+                None => open_store(&data)?.gc(keep)?,
+            };
             println!(
                 "gc: dropped {} versions, {} manifests, {} chunks; removed {} segment files; freed {}",
                 r.versions_dropped,
@@ -177,11 +231,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 output::bytes(r.bytes_freed)
             );
         }
-        Command::Status => {
-            let store = open_store(&data)?;
-            output::status(&store)?;
-        }
-        Command::Demo { source, keep } => demo(source.as_deref(), keep)?,
+        Command::Status => match remote(&data, &Request::Status)? {
+            Some(Response::Status(s)) => output::node_status(&s),
+            Some(_) => bail!("unexpected answer from the node"),
+            None => output::status(&open_store(&data)?)?,
+        },
+        Command::Run { net, follow } => node_cmds::run(&data, &net, follow)?,
+        Command::Sync {
+            collection,
+            net,
+            wait,
+        } => node_cmds::sync(&data, &net, &collection, wait)?,
+        Command::Demo { source, keep } => node_cmds::demo(source.as_deref(), keep)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -212,6 +273,11 @@ fn cmd_publish(
     })
     .with_context(|| format!("publishing {}", src.display()))?;
     bar.finish_and_clear();
+    print_published(&r);
+    Ok(r)
+}
+
+fn print_published(r: &publish::PublishReport) {
     let a = &r.announcement.body;
     println!(
         "published {} version {}: {} files, {}, {} new stored (collection {})",
@@ -222,57 +288,16 @@ fn cmd_publish(
         output::bytes(r.new_bytes),
         a.collection
     );
-    Ok(r)
 }
 
-fn demo(source: Option<&Path>, keep: bool) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("peermirror-demo-")
-        .tempdir()
-        .context("creating a temporary directory")?;
-    let root = dir.path();
-    let src = match source {
-        Some(s) => s.to_path_buf(),
-        None => {
-            let s = root.join("sample");
-            peermirror::demo::generate_sample(&s).context("generating the sample tree")?;
-            s
-        }
-    };
-    let key = MasterKey::generate();
-    key.save_new(&root.join("master.key"))?;
-    let store = open_store(&root.join("master"))?;
-    println!("master key: {}", root.join("master.key").display());
-    println!("collection: {}", key.collection());
-    let opts = PublishOptions {
-        name: Some("demo".into()),
-        ..Default::default()
-    };
-    let r = cmd_publish(&store, &key, &src, &opts)?;
-    let dest = root.join("export");
-    let e = store.export(&key.collection(), None, &dest, false)?;
-    println!(
-        "exported version {} to {} ({} files, {})",
-        e.version,
-        dest.display(),
-        e.files,
-        output::bytes(e.bytes)
-    );
-    let diff = peermirror::demo::compare_trees(&src, &dest)?;
-    if let Some(d) = diff {
-        bail!("exported tree differs from the source: {d}");
+/// Sends a request to a node running on `data`; None when none runs.
+fn remote(data: &Path, req: &Request) -> Result<Option<Response>> {
+    match control::call(data, req).context("talking to the running node")? {
+        Some(Response::Error(e)) => bail!("{e}"),
+        other => Ok(other),
     }
-    println!("round trip checked: the export is byte-identical to the source");
-    // A second publish of the same tree stores nothing new.
-    let r2 = cmd_publish(&store, &key, &src, &opts)?;
-    println!(
-        "republishing unchanged data stored {} new (first publish stored {})",
-        output::bytes(r2.new_bytes),
-        output::bytes(r.new_bytes)
-    );
-    if keep {
-        let kept = dir.keep();
-        println!("kept {}", kept.display());
-    }
-    Ok(())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
 }

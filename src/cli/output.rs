@@ -59,3 +59,38 @@ pub fn status(store: &Store) -> Result<()> {
     );
     Ok(())
 }
+
+/// Prints a running node's state.
+pub fn node_status(s: &peermirror::node::NodeStatus) {
+    println!("node {} (running)", s.peer_id);
+    for a in &s.listen {
+        println!("  listening on {a}");
+    }
+    println!(
+        "  sent {}, received {}",
+        bytes(s.bytes_up),
+        bytes(s.bytes_down)
+    );
+    for c in &s.collections {
+        println!("{} ({})", c.name, c.id);
+        match c.current {
+            Some(v) => println!("  current: version {v}"),
+            None => println!("  current: none"),
+        }
+        if let Some(v) = c.in_progress {
+            println!(
+                "  in progress: version {v}, {:.1}% ({} of {})",
+                c.percent(),
+                bytes(c.done_bytes),
+                bytes(c.total_bytes)
+            );
+        }
+        let vs: Vec<String> = c.versions.iter().map(u64::to_string).collect();
+        println!("  versions held: {}", vs.join(", "));
+    }
+    println!("peers: {}", s.peers.len());
+    for p in &s.peers {
+        let rtt = p.rtt_ms.map_or("?".to_string(), |r| format!("{r:.2} ms"));
+        println!("  {} rtt {} {}", p.id, rtt, p.addrs.join(" "));
+    }
+}

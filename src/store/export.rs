@@ -17,7 +17,7 @@ use crate::keys::CollectionId;
 use crate::manifest::{EntryKind, Manifest};
 
 /// What an export wrote.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ExportReport {
     /// The version written.
     pub version: u64,

@@ -10,7 +10,7 @@ use crate::hash::Hash;
 use crate::keys::CollectionId;
 
 /// What a gc run did.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     /// Versions whose records were dropped.
     pub versions_dropped: usize,

@@ -271,18 +271,48 @@ impl Store {
         Ok(self.manifests.contains_key(id.as_bytes())?)
     }
 
-    /// Stores an encoded manifest received from elsewhere (checked against
-    /// its id and decoded before anything is written).
-    pub fn put_manifest_bytes(&self, id: &Hash, bytes: &[u8]) -> Result<Manifest> {
-        if Hash::of(bytes) != *id {
+    /// Writes chunks whose bytes the caller has already checked against
+    /// their ids, and indexes them. Returns the bytes that were new.
+    pub fn put_chunks(&self, chunks: &[(Hash, Vec<u8>)]) -> Result<u64> {
+        let mut b = self.batch();
+        for (id, data) in chunks {
+            b.add(id, data)?;
+        }
+        b.commit()?;
+        Ok(b.new_bytes())
+    }
+
+    /// The chunks holding a stored manifest's encoding (what peers ask for
+    /// before fetching a manifest like data).
+    pub fn manifest_chunks(&self, id: &Hash) -> Result<Option<Vec<ChunkRef>>> {
+        match self.manifest_record(id) {
+            Ok(r) => Ok(Some(r.chunks)),
+            Err(StoreError::MissingManifest(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records a manifest whose chunks were fetched: reassembles them,
+    /// checks the hash and every manifest rule, then indexes it.
+    pub fn assemble_manifest(&self, id: &Hash, size: u64, chunks: &[ChunkRef]) -> Result<Manifest> {
+        let mut bytes = Vec::with_capacity(size.min(1 << 30) as usize);
+        for c in chunks {
+            bytes.extend(self.read_chunk(&c.id)?);
+        }
+        if bytes.len() as u64 != size || Hash::of(&bytes) != *id {
             return Err(StoreError::CorruptChunk {
                 id: *id,
-                why: "manifest bytes do not hash to the announced id".into(),
+                why: "manifest chunks do not reassemble to the announced manifest".into(),
             });
         }
-        let m = Manifest::decode(bytes)?;
-        let mut b = self.batch();
-        b.add_manifest_bytes(bytes)?;
+        let m = Manifest::decode(&bytes)?;
+        let rec = ManifestRecord {
+            size,
+            chunks: chunks.to_vec(),
+        };
+        self.manifests
+            .insert(id.as_bytes(), postcard::to_stdvec(&rec).unwrap_or_default())?;
+        self.db.flush()?;
         Ok(m)
     }
 

@@ -9,7 +9,7 @@ use super::{Result, Store};
 use crate::hash::Hash;
 
 /// One thing wrong with the store.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Problem {
     /// Stored bytes that do not hash to their id (or cannot be read).
     CorruptChunk {
@@ -55,7 +55,7 @@ impl fmt::Display for Problem {
 }
 
 /// What [`Store::verify`] found.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     /// Chunks re-hashed.
     pub chunks_checked: u64,

@@ -1,0 +1,186 @@
+//! [`Client`], the application's handle on a running node.
+//!
+//! Control operations travel as [`Command`]s to the event loop, each with a
+//! oneshot channel for the reply. Chunk and have-map requests bypass the
+//! event loop and go straight to the peer over pooled streams.
+
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{chunk_service::StreamPool, MessageId, NetError, PeerInfo, Verdict};
+
+/// A request from a [`Client`] to the event loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Subscribe {
+        collection: [u8; 32],
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Publish {
+        collection: [u8; 32],
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    RequestLatest {
+        peer: PeerId,
+        collection: [u8; 32],
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, NetError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+}
+
+/// A gossip verdict from the application.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) msg_id: MessageId,
+    pub(crate) source: PeerId,
+    pub(crate) verdict: Verdict,
+}
+
+/// Handle on a running node. Cheap to clone; every clone talks to the same
+/// event loop. Calls fail with [`NetError::Shutdown`] once the loop stops.
+#[derive(Clone)]
+pub struct Client {
+    local_peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    reports: mpsc::UnboundedSender<Report>,
+    pool: Arc<StreamPool>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        local_peer_id: PeerId,
+        commands: mpsc::Sender<Command>,
+        reports: mpsc::UnboundedSender<Report>,
+        pool: Arc<StreamPool>,
+    ) -> Self {
+        Self {
+            local_peer_id,
+            commands,
+            reports,
+            pool,
+        }
+    }
+
+    /// Sends a command and waits for its reply.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Shutdown)?;
+        rx.await.map_err(|_| NetError::Shutdown)
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// The addresses this node actually listens on, each with `/p2p/<id>`
+    /// appended. Waits until every configured listener has bound (or
+    /// failed). Empty if the event loop has stopped.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.call(|reply| Command::ListenAddrs { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Dials `addr` (with or without a `/p2p/` suffix) and waits until the
+    /// connection is established or the dial fails.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Subscribes to the gossip topic of `collection`
+    /// (`peermirror/v1/collection/<hex>`). Subscribing twice is harmless.
+    pub async fn subscribe(&self, collection: [u8; 32]) -> Result<(), NetError> {
+        self.call(|reply| Command::Subscribe { collection, reply })
+            .await?
+    }
+
+    /// Publishes `msg` on the topic of `collection`. If no peer is subscribed
+    /// yet, the message is queued and retried until it goes out (or is
+    /// dropped after a while); `Ok` means accepted for delivery. Publishing
+    /// the same bytes again is a no-op (message ids are content hashes).
+    pub async fn publish(&self, collection: [u8; 32], msg: Vec<u8>) -> Result<(), NetError> {
+        self.call(|reply| Command::Publish {
+            collection,
+            data: msg,
+            reply,
+        })
+        .await?
+    }
+
+    /// Reports the application's verdict on a gossip message received as
+    /// [`super::Event::Gossip`]. Never blocks; ignored if the loop stopped.
+    pub fn report(&self, msg_id: MessageId, source: PeerId, verdict: Verdict) {
+        let _ = self.reports.send(Report {
+            msg_id,
+            source,
+            verdict,
+        });
+    }
+
+    /// Asks `peer` for the latest announcement it holds for `collection`.
+    /// The bytes are not validated here.
+    pub async fn request_latest(
+        &self,
+        peer: PeerId,
+        collection: [u8; 32],
+    ) -> Result<Option<Vec<u8>>, NetError> {
+        self.call(|reply| Command::RequestLatest {
+            peer,
+            collection,
+            reply,
+        })
+        .await?
+    }
+
+    /// Fetches chunk `id` from `peer`. The bytes are NOT verified here: the
+    /// caller must hash them. [`NetError::NotFound`] if the peer lacks it.
+    pub async fn fetch_chunk(&self, peer: PeerId, id: [u8; 32]) -> Result<Vec<u8>, NetError> {
+        self.pool.fetch_chunk(peer, id).await
+    }
+
+    /// Fetches the chunk list of an encoded manifest from `peer`
+    /// (unverified). [`NetError::NotFound`] if the peer lacks it.
+    pub async fn fetch_manifest_chunks(
+        &self,
+        peer: PeerId,
+        id: [u8; 32],
+    ) -> Result<Vec<([u8; 32], u32)>, NetError> {
+        self.pool.fetch_manifest_chunks(peer, id).await
+    }
+
+    /// Asks `peer` which of `ids` it holds (`result[i]` is for `ids[i]`), at
+    /// most [`super::MAX_HAVE_IDS`] ids per call.
+    pub async fn fetch_have(
+        &self,
+        peer: PeerId,
+        ids: Vec<[u8; 32]>,
+    ) -> Result<Vec<bool>, NetError> {
+        self.pool.fetch_have(peer, ids).await
+    }
+
+    /// The currently connected peers. Empty if the event loop has stopped.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.call(|reply| Command::Peers { reply })
+            .await
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,411 @@
+//! [`EventLoop`]: the task that owns the swarm. It reacts to swarm events,
+//! executes [`Command`]s from clients, applies gossip verdicts, answers
+//! latest-announcement requests and retries queued publishes.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    core::transport::ListenerId,
+    gossipsub::{self, TopicHash},
+    multiaddr::Protocol,
+    request_response::{self, OutboundRequestId, ResponseChannel},
+    swarm::{dial_opts::DialOpts, ConnectionId, DialError},
+    Multiaddr, PeerId, Swarm,
+};
+use libp2p_stream::IncomingStreams;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::{
+    behaviour::{self, Behaviour},
+    chunk_service::{self, StreamPool},
+    client::{Command, Report},
+    ChunkProvider, NetError,
+};
+
+mod swarm_events;
+
+/// How often queued publishes are retried and idle streams swept.
+const TICK: Duration = Duration::from_millis(500);
+/// Queued publishes are dropped after this long without a subscribed peer.
+const PUBLISH_RETRY_WINDOW: Duration = Duration::from_secs(600);
+/// Most publishes kept waiting for peers; the oldest is dropped beyond this.
+const MAX_QUEUED_PUBLISHES: usize = 1024;
+
+/// Everything [`super::new`] hands to the event loop.
+pub(crate) struct Parts {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) bootstrap: Vec<Multiaddr>,
+    pub(crate) listeners: Vec<ListenerId>,
+    pub(crate) cmd_rx: mpsc::Receiver<Command>,
+    pub(crate) report_rx: mpsc::UnboundedReceiver<Report>,
+    pub(crate) event_tx: mpsc::Sender<super::Event>,
+    pub(crate) provider: Arc<dyn ChunkProvider>,
+    pub(crate) pool: Arc<StreamPool>,
+    pub(crate) incoming: IncomingStreams,
+}
+
+/// A message waiting for a subscribed peer.
+struct QueuedPublish {
+    collection: [u8; 32],
+    data: Vec<u8>,
+    since: Instant,
+}
+
+/// What we know about a connected peer.
+#[derive(Default)]
+struct PeerState {
+    conns: HashMap<ConnectionId, Multiaddr>,
+    rtt: Option<Duration>,
+}
+
+/// A latest-announcement answer computed off the loop, ready to send.
+type LatestAnswer = (ResponseChannel<Option<Vec<u8>>>, Option<Vec<u8>>);
+
+/// Where the answer to an outbound latest-announcement request goes.
+type LatestReply = oneshot::Sender<Result<Option<Vec<u8>>, NetError>>;
+
+/// Owns the swarm; drive it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    bootstrap: Vec<Multiaddr>,
+    cmd_rx: mpsc::Receiver<Command>,
+    report_rx: mpsc::UnboundedReceiver<Report>,
+    event_tx: mpsc::Sender<super::Event>,
+    provider: Arc<dyn ChunkProvider>,
+    pool: Arc<StreamPool>,
+    incoming: Option<IncomingStreams>,
+    latest_tx: mpsc::UnboundedSender<LatestAnswer>,
+    latest_rx: mpsc::UnboundedReceiver<LatestAnswer>,
+    /// Listeners that have not reported an address yet.
+    unbound_listeners: HashSet<ListenerId>,
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<(), NetError>>>,
+    pending_latest: HashMap<OutboundRequestId, LatestReply>,
+    topics: HashMap<TopicHash, [u8; 32]>,
+    publish_queue: VecDeque<QueuedPublish>,
+    peers: HashMap<PeerId, PeerState>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let (latest_tx, latest_rx) = mpsc::unbounded_channel();
+        Self {
+            swarm: parts.swarm,
+            bootstrap: parts.bootstrap,
+            cmd_rx: parts.cmd_rx,
+            report_rx: parts.report_rx,
+            event_tx: parts.event_tx,
+            provider: parts.provider,
+            pool: parts.pool,
+            incoming: Some(parts.incoming),
+            latest_tx,
+            latest_rx,
+            unbound_listeners: parts.listeners.into_iter().collect(),
+            listen_waiters: Vec::new(),
+            pending_dials: HashMap::new(),
+            pending_latest: HashMap::new(),
+            topics: HashMap::new(),
+            publish_queue: VecDeque::new(),
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Runs the node until `shutdown` completes: starts the chunk server,
+    /// dials the bootstrap peers, then serves swarm events and commands.
+    /// Dropping out of this function closes every connection.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let server = self
+            .incoming
+            .take()
+            .map(|incoming| tokio::spawn(chunk_service::serve(incoming, self.provider.clone())));
+        for addr in std::mem::take(&mut self.bootstrap) {
+            if let Err(e) = self.start_dial(addr.clone(), None) {
+                warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd),
+                Some(report) = self.report_rx.recv() => self.on_report(report),
+                Some((channel, answer)) = self.latest_rx.recv() => {
+                    if self.swarm.behaviour_mut().latest.send_response(channel, answer).is_err() {
+                        debug!("latest-announcement requester went away");
+                    }
+                }
+                _ = tick.tick() => {
+                    self.retry_publishes();
+                    self.pool.sweep();
+                }
+            }
+        }
+        if let Some(server) = server {
+            server.abort();
+        }
+        debug!("network event loop stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::ListenAddrs { reply } => {
+                if self.unbound_listeners.is_empty() {
+                    let _ = reply.send(self.listen_addrs());
+                } else {
+                    self.listen_waiters.push(reply);
+                }
+            }
+            Command::Dial { addr, reply } => {
+                if let Err(e) = self.start_dial(addr, Some(reply)) {
+                    debug!(error = %e, "dial refused");
+                }
+            }
+            Command::Subscribe { collection, reply } => {
+                let _ = reply.send(self.subscribe(collection));
+            }
+            Command::Publish {
+                collection,
+                data,
+                reply,
+            } => {
+                let _ = reply.send(self.publish(collection, data));
+            }
+            Command::RequestLatest {
+                peer,
+                collection,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .latest
+                    .send_request(&peer, collection);
+                self.pending_latest.insert(id, reply);
+            }
+            Command::Peers { reply } => {
+                let peers = self
+                    .peers
+                    .iter()
+                    .map(|(id, state)| super::PeerInfo {
+                        peer_id: *id,
+                        addrs: state.conns.values().cloned().collect(),
+                        rtt: state.rtt,
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        let acceptance = match report.verdict {
+            super::Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+            super::Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+            super::Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+        };
+        let known = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&report.msg_id, &report.source, acceptance);
+        if !known {
+            debug!(msg_id = %report.msg_id, "verdict for a message no longer in the cache");
+        }
+    }
+
+    /// Actual listen addresses with `/p2p/<local id>` appended.
+    fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let local = *self.swarm.local_peer_id();
+        self.swarm
+            .listeners()
+            .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
+            .collect()
+    }
+
+    /// Marks a listener as bound (or gone) and answers waiters once all are.
+    fn listener_settled(&mut self, id: ListenerId) {
+        self.unbound_listeners.remove(&id);
+        if self.unbound_listeners.is_empty() && !self.listen_waiters.is_empty() {
+            let addrs = self.listen_addrs();
+            for waiter in self.listen_waiters.drain(..) {
+                let _ = waiter.send(addrs.clone());
+            }
+        }
+    }
+
+    /// Starts dialing `addr`; `reply` is answered when the connection is
+    /// established or the dial fails. A peer already connected counts as
+    /// success.
+    fn start_dial(
+        &mut self,
+        addr: Multiaddr,
+        reply: Option<oneshot::Sender<Result<(), NetError>>>,
+    ) -> Result<(), NetError> {
+        let opts = match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => {
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    kad.add_address(&peer, addr.clone());
+                }
+                DialOpts::peer_id(peer).addresses(vec![addr]).build()
+            }
+            _ => DialOpts::unknown_peer_id().address(addr).build(),
+        };
+        let connection_id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                if let Some(reply) = reply {
+                    self.pending_dials.insert(connection_id, reply);
+                }
+                Ok(())
+            }
+            Err(DialError::DialPeerConditionFalse(_)) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let err = NetError::Dial(e.to_string());
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(NetError::Dial(e.to_string())));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn subscribe(&mut self, collection: [u8; 32]) -> Result<(), NetError> {
+        let topic = super::collection_topic(&collection);
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        gossipsub
+            .subscribe(&topic)
+            .map_err(|e| NetError::Gossip(format!("subscribe: {e}")))?;
+        gossipsub
+            .set_topic_params(topic.clone(), behaviour::topic_score_params())
+            .map_err(|e| NetError::Gossip(format!("topic score: {e}")))?;
+        self.topics.insert(topic.hash(), collection);
+        Ok(())
+    }
+
+    /// Publishes now or queues the message until a peer subscribes.
+    fn publish(&mut self, collection: [u8; 32], data: Vec<u8>) -> Result<(), NetError> {
+        if self.try_publish(collection, data.clone())? {
+            return Ok(());
+        }
+        debug!(collection = %hex::encode(collection), "no subscribed peer yet, publish queued");
+        if self.publish_queue.len() >= MAX_QUEUED_PUBLISHES {
+            self.publish_queue.pop_front();
+            warn!("publish queue full, dropped the oldest message");
+        }
+        self.publish_queue.push_back(QueuedPublish {
+            collection,
+            data,
+            since: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// `Ok(true)` if sent (or already sent), `Ok(false)` if it should be
+    /// retried later.
+    fn try_publish(&mut self, collection: [u8; 32], data: Vec<u8>) -> Result<bool, NetError> {
+        let topic = super::collection_topic(&collection);
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(true),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::AllQueuesFull(_)) => Ok(false),
+            Err(e) => Err(NetError::Gossip(format!("publish: {e}"))),
+        }
+    }
+
+    fn retry_publishes(&mut self) {
+        let queued = std::mem::take(&mut self.publish_queue);
+        for item in queued {
+            if item.since.elapsed() > PUBLISH_RETRY_WINDOW {
+                info!(collection = %hex::encode(item.collection), "gave up publishing: no subscribed peer");
+                continue;
+            }
+            match self.try_publish(item.collection, item.data.clone()) {
+                Ok(true) => debug!("queued message published"),
+                Ok(false) => self.publish_queue.push_back(item),
+                Err(e) => warn!(error = %e, "queued publish failed"),
+            }
+        }
+    }
+
+    /// Answers an inbound latest-announcement request from a blocking task.
+    fn answer_latest(&self, collection: [u8; 32], channel: ResponseChannel<Option<Vec<u8>>>) {
+        let provider = self.provider.clone();
+        let tx = self.latest_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = provider
+                .latest_announcement(&collection)
+                .filter(|a| a.len() <= super::MAX_ANNOUNCEMENT_LEN);
+            let _ = tx.send((channel, answer));
+        });
+    }
+
+    fn on_latest_event(&mut self, event: request_response::Event<[u8; 32], Option<Vec<u8>>>) {
+        use request_response::{Event, Message, OutboundFailure};
+        match event {
+            Event::Message {
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.answer_latest(request, channel),
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_latest.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.pending_latest.remove(&request_id) {
+                    let err = match error {
+                        OutboundFailure::Timeout => NetError::Timeout,
+                        OutboundFailure::UnsupportedProtocols => {
+                            NetError::Unsupported(super::latest_protocol::PROTOCOL_NAME.into())
+                        }
+                        other => NetError::Request(other.to_string()),
+                    };
+                    let _ = reply.send(Err(err));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound latest-announcement request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Hands an event to the application without ever blocking the loop.
+    fn emit(&mut self, event: super::Event) -> bool {
+        match self.event_tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!("application is not consuming network events; event dropped");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Reactions of the [`EventLoop`] to swarm and behaviour events.
+
+use libp2p::{
+    gossipsub, identify, kad, mdns, ping,
+    swarm::{dial_opts::DialOpts, SwarmEvent},
+};
+use tracing::{debug, trace, warn};
+
+use super::EventLoop;
+use crate::net::{
+    behaviour::{BehaviourEvent, KAD_PROTOCOL},
+    Event, NetError,
+};
+
+impl EventLoop {
+    pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                debug!(%address, "listening");
+                self.listener_settled(listener_id);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                debug!(?reason, "listener closed");
+                self.listener_settled(listener_id);
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                warn!(%error, "listener error");
+                self.listener_settled(listener_id);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(()));
+                }
+                self.peers
+                    .entry(peer_id)
+                    .or_default()
+                    .conns
+                    .insert(connection_id, endpoint.get_remote_address().clone());
+                if num_established.get() == 1 {
+                    self.emit(Event::PeerConnected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                debug!(peer = %peer_id, ?cause, "connection closed");
+                if let Some(state) = self.peers.get_mut(&peer_id) {
+                    state.conns.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                    self.pool.forget(&peer_id);
+                    self.emit(Event::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                debug!(peer = ?peer_id, %error, "outgoing connection failed");
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial(error.to_string())));
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!(%error, "incoming connection failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            other => trace!(?other, "swarm event"),
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                trace!(peer = %peer_id, agent = %info.agent_version, "identified");
+                let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+                if let (true, Some(kad)) = (speaks_kad, self.swarm.behaviour_mut().kad.as_mut()) {
+                    for addr in info.listen_addrs {
+                        kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            BehaviourEvent::Identify(other) => trace!(?other, "identify"),
+            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => match result {
+                Ok(rtt) => {
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        state.rtt = Some(rtt);
+                    }
+                }
+                Err(e) => debug!(%peer, error = %e, "ping failed"),
+            },
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                trace!(%peer, "kademlia routing updated");
+            }
+            BehaviourEvent::Kad(other) => trace!(?other, "kademlia"),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    debug!(%peer, %addr, "mdns discovered peer");
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                        kad.add_address(&peer, addr.clone());
+                    }
+                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        trace!(%peer, error = %e, "mdns dial skipped");
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Latest(event) => self.on_latest_event(event),
+            BehaviourEvent::Stream(()) => {}
+        }
+    }
+
+    fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let Some(collection) = self.topics.get(&message.topic).copied() else {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            gossipsub::MessageAcceptance::Ignore,
+                        );
+                    return;
+                };
+                let delivered = self.emit(Event::Gossip {
+                    collection,
+                    msg_id: message_id.clone(),
+                    source: propagation_source,
+                    data: message.data,
+                });
+                if !delivered {
+                    // Nobody will judge it: do not leave it pending.
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            gossipsub::MessageAcceptance::Ignore,
+                        );
+                }
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                debug!(peer = %peer_id, %topic, "peer subscribed");
+                if !self.publish_queue.is_empty() {
+                    self.retry_publishes();
+                }
+            }
+            other => trace!(?other, "gossipsub"),
+        }
+    }
+}

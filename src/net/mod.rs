@@ -1,0 +1,249 @@
+//! The libp2p network layer of a peermirror node.
+//!
+//! [`new`] builds a node from a keypair, a [`NetConfig`] and a
+//! [`ChunkProvider`], and returns three parts:
+//!
+//! * a [`Client`], a cheap cloneable handle the application uses to dial,
+//!   subscribe, publish, report gossip verdicts and fetch data from peers;
+//! * a receiver of [`Event`]s (gossip to validate, peers coming and going);
+//! * an [`EventLoop`] that owns the swarm and must be driven with
+//!   [`EventLoop::run`] (typically in its own task).
+//!
+//! Protocols: identify, ping, gossipsub (one topic per collection, every
+//! message validated by the application), Kademlia, optional mDNS, the
+//! `/peermirror/latest/1` request-response protocol for the latest
+//! announcement of a collection, and the `/peermirror/chunk/1` stream protocol
+//! for chunk bodies and have-maps. Chunk transfers run on their own streams
+//! outside the event loop, many in parallel per peer.
+//!
+//! This module depends on nothing else in the crate: ids are `[u8; 32]` and
+//! announcements are opaque bytes that the application validates.
+
+mod behaviour;
+mod chunk_protocol;
+mod chunk_service;
+mod client;
+mod event_loop;
+mod latest_protocol;
+#[cfg(test)]
+mod tests;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use libp2p::identity::Keypair;
+use tokio::sync::mpsc;
+
+pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_HAVE_IDS};
+pub use client::Client;
+pub use event_loop::EventLoop;
+pub use latest_protocol::MAX_ANNOUNCEMENT_LEN;
+pub use libp2p::{gossipsub::MessageId, Multiaddr, PeerId};
+
+/// Capacity of the event channel handed to the application.
+const EVENT_CHANNEL_CAPACITY: usize = 1024;
+/// Capacity of the command channel from [`Client`]s to the event loop.
+const COMMAND_CHANNEL_CAPACITY: usize = 256;
+
+/// How a node listens, whom it dials first, and how it discovers peers.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on, e.g. `/ip4/127.0.0.1/tcp/0` and
+    /// `/ip4/127.0.0.1/udp/0/quic-v1`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialed at start, with or without a `/p2p/<id>` suffix.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Run Kademlia (server mode) and feed it addresses learned from
+    /// identify. When on, nodes find and connect to their peers' peers.
+    pub kademlia: bool,
+    /// Close connections that carry no stream for this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    /// Listens on an ephemeral loopback TCP port, no bootstrap peers, no
+    /// mDNS, Kademlia on, 60 s idle timeout.
+    fn default() -> Self {
+        Self {
+            listen: vec![loopback_tcp()],
+            bootstrap: Vec::new(),
+            mdns: false,
+            kademlia: true,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `/ip4/127.0.0.1/tcp/0`.
+fn loopback_tcp() -> Multiaddr {
+    Multiaddr::empty()
+        .with(libp2p::multiaddr::Protocol::Ip4(
+            std::net::Ipv4Addr::LOCALHOST,
+        ))
+        .with(libp2p::multiaddr::Protocol::Tcp(0))
+}
+
+/// The data a node serves to its peers. Called on a blocking thread pool, so
+/// implementations may read from disk.
+pub trait ChunkProvider: Send + Sync + 'static {
+    /// Bytes of a chunk this node holds (already verified by the store), or
+    /// `None`. `Bytes` lets a cache hand out shared buffers without copying;
+    /// a `Vec<u8>` converts for free with `Bytes::from`.
+    fn chunk(&self, id: &[u8; 32]) -> Option<Bytes>;
+    /// Which of the given chunk ids this node holds (`result[i]` is for
+    /// `ids[i]`); used for have-maps.
+    fn have(&self, ids: &[[u8; 32]]) -> Vec<bool>;
+    /// The chunks (id, length) of an encoded manifest this node holds, in
+    /// order, so peers can fetch a manifest like any other data.
+    fn manifest_chunks(&self, id: &[u8; 32]) -> Option<Vec<([u8; 32], u32)>>;
+    /// The latest accepted signed announcement of a collection (opaque
+    /// bytes), for late joiners.
+    fn latest_announcement(&self, collection: &[u8; 32]) -> Option<Vec<u8>>;
+}
+
+/// The application's verdict on a gossip message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: deliver and forward it.
+    Accept,
+    /// Invalid: drop it and penalise the peer that sent it.
+    Reject,
+    /// Not forwarded, but no penalty (e.g. stale or duplicate version).
+    Ignore,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's identity.
+    pub peer_id: PeerId,
+    /// Remote addresses of the open connections to it.
+    pub addrs: Vec<Multiaddr>,
+    /// Last measured ping round-trip time.
+    pub rtt: Option<Duration>,
+}
+
+/// What the network tells the application.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A gossip message on a subscribed collection topic. It is neither
+    /// delivered further nor forwarded until the application calls
+    /// [`Client::report`] with `msg_id` and `source`: it must always do so.
+    Gossip {
+        /// The collection whose topic carried the message.
+        collection: [u8; 32],
+        /// Gossipsub message id (hash of `data`).
+        msg_id: MessageId,
+        /// The peer that relayed the message to us.
+        source: PeerId,
+        /// The opaque payload.
+        data: Vec<u8>,
+    },
+    /// The first connection to a peer opened.
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+}
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The swarm could not be built.
+    #[error("failed to build the network: {0}")]
+    Build(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// Dialing failed.
+    #[error("dial failed: {0}")]
+    Dial(String),
+    /// Subscribing or publishing failed.
+    #[error("gossip error: {0}")]
+    Gossip(String),
+    /// The peer does not hold the requested chunk.
+    #[error("chunk not found on peer")]
+    NotFound,
+    /// The peer does not speak the protocol.
+    #[error("peer does not support {0}")]
+    Unsupported(String),
+    /// A stream failed (connection lost, reset, refused).
+    #[error("stream error: {0}")]
+    Stream(String),
+    /// The peer sent something that breaks the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A request exceeds a protocol limit.
+    #[error("request too large: {0}")]
+    TooLarge(String),
+    /// A request-response exchange failed.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The peer did not answer in time.
+    #[error("request timed out")]
+    Timeout,
+    /// The event loop is not running any more.
+    #[error("the network event loop has stopped")]
+    Shutdown,
+}
+
+/// The gossipsub topic of a collection: `peermirror/v1/collection/<hex id>`.
+pub fn collection_topic(collection: &[u8; 32]) -> libp2p::gossipsub::IdentTopic {
+    libp2p::gossipsub::IdentTopic::new(format!(
+        "peermirror/v1/collection/{}",
+        hex::encode(collection)
+    ))
+}
+
+/// Builds a node: the swarm, its listeners and the chunk server (started by
+/// [`EventLoop::run`]). Must be called inside a Tokio runtime.
+pub fn new(
+    keypair: Keypair,
+    cfg: NetConfig,
+    provider: Arc<dyn ChunkProvider>,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), NetError> {
+    let local_peer_id = keypair.public().to_peer_id();
+    let mut swarm = behaviour::build_swarm(keypair, &cfg)?;
+
+    let mut control = swarm.behaviour().stream.new_control();
+    let incoming = control
+        .accept(libp2p::StreamProtocol::new(chunk_protocol::PROTOCOL_NAME))
+        .map_err(|e| NetError::Build(format!("chunk protocol: {e:?}")))?;
+
+    let mut listeners = Vec::with_capacity(cfg.listen.len());
+    for addr in &cfg.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        listeners.push(id);
+    }
+
+    let pool = Arc::new(chunk_service::StreamPool::new(control));
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+    let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+
+    let client = Client::new(local_peer_id, cmd_tx, report_tx, pool.clone());
+    let event_loop = EventLoop::new(event_loop::Parts {
+        swarm,
+        bootstrap: cfg.bootstrap,
+        listeners,
+        cmd_rx,
+        report_rx,
+        event_tx,
+        provider,
+        pool,
+        incoming,
+    });
+    Ok((client, event_rx, event_loop))
+}

@@ -1,0 +1,122 @@
+//! A follower: one task per collection that fetches each newer accepted
+//! version and makes it current once complete, then collects old versions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::Inner;
+use crate::gossip::GossipMessage;
+use crate::keys::CollectionId;
+use crate::sync::{self, blocking, Progress, SyncError};
+
+/// A follower's shared state.
+#[derive(Default)]
+pub(crate) struct Follower {
+    /// Woken when an announcement is accepted or a peer reports progress.
+    pub(crate) wake: Notify,
+    /// The version being fetched (0: none).
+    pub(crate) in_progress: AtomicU64,
+    /// Progress of the current download.
+    pub(crate) progress: Progress,
+}
+
+/// Runs until shutdown.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    c: CollectionId,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(me) = super::lock(&inner.followers).get(&c).cloned() else {
+        return;
+    };
+    loop {
+        match step(&inner, c, &me).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(SyncError::Cancelled) => {}
+            Err(e) => {
+                tracing::warn!(collection = %c, error = %e, "sync failed; will retry");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = me.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Fetches the newest accepted version if it is not current. Returns
+/// whether a version became current.
+async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool, SyncError> {
+    let s = inner.store.clone();
+    let (latest, current) = blocking(move || Ok((s.latest(&c)?, s.current(&c)?))).await?;
+    let Some(target) = latest else {
+        return Ok(false);
+    };
+    let v = target.body.version;
+    if current.as_ref().is_some_and(|a| a.body.version >= v) {
+        return Ok(false);
+    }
+    me.in_progress.store(v, Ordering::Relaxed);
+    let store = inner.store.clone();
+    let cancelled = || {
+        inner.stopping.load(Ordering::Relaxed)
+            || store
+                .latest(&c)
+                .ok()
+                .flatten()
+                .is_some_and(|a| a.body.version > v)
+    };
+    tracing::info!(collection = %c, version = v, "fetching version");
+    let m = sync::fetch_manifest(
+        &inner.client,
+        &inner.store,
+        &target.body,
+        &me.progress,
+        &cancelled,
+    )
+    .await?;
+    let s = inner.store.clone();
+    let m = Arc::new(m);
+    let m2 = m.clone();
+    let missing = blocking(move || s.missing_chunks(&m2)).await?;
+    let total = m.total_bytes();
+    let lacking: u64 = missing.iter().map(|c| c.len as u64).sum();
+    me.progress.total_bytes.store(total, Ordering::Relaxed);
+    me.progress
+        .done_bytes
+        .store(total.saturating_sub(lacking), Ordering::Relaxed);
+    sync::fetch_chunks(
+        &inner.client,
+        &inner.store,
+        missing,
+        &me.progress,
+        &cancelled,
+    )
+    .await?;
+    let s = inner.store.clone();
+    let keep = inner.keep;
+    blocking(move || {
+        s.set_current(&c, v)?;
+        s.gc(keep)?;
+        Ok(())
+    })
+    .await?;
+    me.in_progress.store(0, Ordering::Relaxed);
+    tracing::info!(collection = %c, version = v, "version is current");
+    let note = GossipMessage::Have {
+        version: v,
+        holder: inner.client.local_peer_id().to_bytes(),
+    }
+    .encode();
+    if let Err(e) = inner.client.publish(c.0, note).await {
+        tracing::debug!(error = %e, "could not send a have note");
+    }
+    Ok(true)
+}

@@ -1,0 +1,228 @@
+//! What a download knows about each peer: which chunks it holds (its
+//! have-map), how many requests are queued there, how fast it answers, and
+//! whether it misbehaved.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use super::{Slot, MAX_PER_PEER};
+
+/// A peer is benched for this long after repeated failures.
+const BENCH: Duration = Duration::from_secs(5);
+/// Failures in a row before a peer is benched.
+const MAX_FAILURES: u32 = 3;
+
+struct Peer {
+    have: Vec<bool>,
+    inflight: HashSet<usize>,
+    /// Moving average of seconds per answered request.
+    secs: f64,
+    rtt: Option<Duration>,
+    failures: u32,
+    benched_until: Option<Instant>,
+    have_pending: bool,
+    seen: bool,
+}
+
+/// The peers of one download.
+pub(super) struct Peers {
+    n: usize,
+    peers: HashMap<PeerId, Peer>,
+    banned: HashSet<PeerId>,
+}
+
+impl Peers {
+    pub fn new(n: usize) -> Self {
+        Peers {
+            n,
+            peers: HashMap::new(),
+            banned: HashSet::new(),
+        }
+    }
+
+    /// Marks a peer as currently connected (adding it if new).
+    pub fn connected(&mut self, id: PeerId, rtt: Option<Duration>) {
+        if self.banned.contains(&id) {
+            return;
+        }
+        let n = self.n;
+        let p = self.peers.entry(id).or_insert_with(|| Peer {
+            have: vec![false; n],
+            inflight: HashSet::new(),
+            secs: rtt.map_or(0.05, |r| r.as_secs_f64().max(0.001)),
+            rtt,
+            failures: 0,
+            benched_until: None,
+            have_pending: false,
+            seen: false,
+        });
+        p.rtt = rtt.or(p.rtt);
+        p.seen = true;
+    }
+
+    /// Drops peers not reported since the last call (disconnected).
+    pub fn retain_connected(&mut self) {
+        self.peers
+            .retain(|_, p| std::mem::take(&mut p.seen) || !p.inflight.is_empty());
+    }
+
+    pub fn ids(&self) -> Vec<PeerId> {
+        self.peers.keys().copied().collect()
+    }
+
+    pub fn have_pending(&self, id: &PeerId) -> bool {
+        self.peers.get(id).is_some_and(|p| p.have_pending)
+    }
+
+    pub fn set_have_pending(&mut self, id: &PeerId, v: bool) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.have_pending = v;
+        }
+    }
+
+    pub fn update_have(&mut self, id: &PeerId, idx: &[usize], bits: &[bool]) {
+        if let Some(p) = self.peers.get_mut(id) {
+            for (&i, &b) in idx.iter().zip(bits) {
+                p.have[i] = b;
+            }
+            p.failures = 0;
+        }
+    }
+
+    /// Needed chunks ordered by how few peers hold them (rarest first);
+    /// chunks nobody holds are left out.
+    pub fn rarest_first(&self, state: &[Slot]) -> Vec<usize> {
+        let mut counts: Vec<(u32, usize)> = (0..self.n)
+            .filter(|&i| state[i] == Slot::Needed)
+            .map(|i| (self.peers.values().filter(|p| p.have[i]).count() as u32, i))
+            .filter(|(c, _)| *c > 0)
+            .collect();
+        counts.sort_unstable();
+        counts.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// The holder of chunk `i` expected to deliver it soonest, skipping
+    /// `exclude`, full, benched and banned peers.
+    pub fn best_holder(&self, i: usize, exclude: &[PeerId]) -> Option<PeerId> {
+        let now = Instant::now();
+        self.peers
+            .iter()
+            .filter(|(id, p)| {
+                p.have[i]
+                    && p.inflight.len() < MAX_PER_PEER
+                    && p.benched_until.is_none_or(|t| t <= now)
+                    && !exclude.contains(id)
+            })
+            .min_by(|(_, a), (_, b)| {
+                let ca = (a.inflight.len() + 1) as f64 * a.secs;
+                let cb = (b.inflight.len() + 1) as f64 * b.secs;
+                ca.total_cmp(&cb).then(a.rtt.cmp(&b.rtt))
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// Peers with a request for chunk `i` in flight.
+    pub fn fetching(&self, i: usize) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.inflight.contains(&i))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn total_inflight(&self) -> usize {
+        self.peers.values().map(|p| p.inflight.len()).sum()
+    }
+
+    pub fn started(&mut self, id: &PeerId, i: usize) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.inflight.insert(i);
+        }
+    }
+
+    pub fn finished(&mut self, id: &PeerId, i: usize) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.inflight.remove(&i);
+        }
+    }
+
+    pub fn succeeded(&mut self, id: &PeerId, took: Duration) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.secs = 0.8 * p.secs + 0.2 * took.as_secs_f64().max(0.0001);
+            p.failures = 0;
+        }
+    }
+
+    /// The peer does not hold chunk `i` after all.
+    pub fn lacks(&mut self, id: &PeerId, i: usize) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.have[i] = false;
+        }
+    }
+
+    /// A request failed (stream reset, timeout): bench after repeated failures.
+    pub fn failed(&mut self, id: &PeerId) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.failures += 1;
+            if p.failures >= MAX_FAILURES {
+                p.benched_until = Some(Instant::now() + BENCH);
+                p.failures = 0;
+            }
+        }
+    }
+
+    /// The peer sent wrong bytes: never ask it again in this download.
+    pub fn ban(&mut self, id: &PeerId) {
+        self.banned.insert(*id);
+        if let Some(p) = self.peers.get_mut(id) {
+            p.have.iter_mut().for_each(|h| *h = false);
+            p.benched_until = Some(Instant::now() + Duration::from_secs(3600 * 24));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rarest_first_and_least_loaded_holder() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut p = Peers::new(3);
+        p.connected(a, Some(Duration::from_millis(1)));
+        p.connected(b, Some(Duration::from_millis(1)));
+        p.update_have(&a, &[0, 1, 2], &[true, true, false]);
+        p.update_have(&b, &[0, 1, 2], &[true, false, false]);
+        let state = [Slot::Needed; 3];
+        // Chunk 1 has one holder, chunk 0 two, chunk 2 none.
+        assert_eq!(p.rarest_first(&state), vec![1, 0]);
+        assert_eq!(p.best_holder(1, &[]), Some(a));
+        p.started(&a, 1);
+        // a is now busier than b.
+        assert_eq!(p.best_holder(0, &[]), Some(b));
+        assert_eq!(p.best_holder(0, &[b]), Some(a));
+        assert_eq!(p.best_holder(2, &[]), None);
+    }
+
+    #[test]
+    fn banned_and_benched_peers_are_skipped() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut p = Peers::new(1);
+        p.connected(a, None);
+        p.connected(b, None);
+        p.update_have(&a, &[0], &[true]);
+        p.update_have(&b, &[0], &[true]);
+        p.ban(&a);
+        assert_eq!(p.best_holder(0, &[]), Some(b));
+        for _ in 0..MAX_FAILURES {
+            p.failed(&b);
+        }
+        assert_eq!(p.best_holder(0, &[]), None);
+        // A banned peer stays out even when it reconnects.
+        p.update_have(&a, &[0], &[true]);
+        p.connected(a, None);
+        assert!(p.peers[&a].benched_until.is_some());
+    }
+}
