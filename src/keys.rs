@@ -80,6 +80,7 @@ impl FromStr for CollectionId {
 }
 
 /// A master signing key.
+#[derive(Clone)]
 pub struct MasterKey(SigningKey);
 
 const HEADER: &str = "# peermirror master key (ed25519 seed, hex). Keep it secret.";

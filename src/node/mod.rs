@@ -179,12 +179,10 @@ impl Node {
 
     /// Follows a collection: subscribes to its topic and fetches each new version.
     pub async fn follow(&self, c: CollectionId) -> Result<(), NodeError> {
-        let new = {
-            let mut f = lock(&self.inner.followers);
-            if f.contains_key(&c) {
-                false
-            } else {
-                f.insert(c, Arc::new(Follower::default()));
+        let new = match lock(&self.inner.followers).entry(c) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Arc::new(Follower::default()));
                 true
             }
         };

@@ -74,7 +74,7 @@ pub async fn fetch_manifest(
     let s = store.clone();
     if blocking(move || s.has_manifest(&id)).await? {
         let s = store.clone();
-        return Ok(blocking(move || s.manifest(&id)).await?);
+        return blocking(move || s.manifest(&id)).await;
     }
     let mut tried = HashSet::new();
     loop {

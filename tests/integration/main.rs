@@ -4,3 +4,5 @@ mod util;
 
 mod cli;
 mod crash;
+mod daemon;
+mod network;
