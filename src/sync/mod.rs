@@ -163,6 +163,10 @@ pub async fn fetch_chunks(
     let mut writing = false;
     let mut last_write = Instant::now();
     let mut unwritten = n;
+    // Rarest-first order, recomputed when have-maps change (not per request:
+    // that would cost O(chunks x peers) for every chunk).
+    let mut order: Vec<usize> = Vec::new();
+    let mut order_dirty = true;
 
     while unwritten > 0 {
         if cancelled() {
@@ -193,7 +197,12 @@ pub async fn fetch_chunks(
 
         // Schedule: rarest needed chunk first, to the holder expected soonest.
         if remaining > 0 {
-            for i in peers.rarest_first(&state) {
+            if order_dirty {
+                order = peers.rarest_first(&state);
+                order_dirty = false;
+            }
+            order.retain(|&i| state[i] != Slot::Done);
+            for &i in &order {
                 if peers.total_inflight() >= MAX_TOTAL {
                     break;
                 }
@@ -248,6 +257,7 @@ pub async fn fetch_chunks(
             Done::Have(peer, idx, Ok(bits)) => {
                 peers.set_have_pending(&peer, false);
                 peers.update_have(&peer, &idx, &bits);
+                order_dirty = true;
             }
             Done::Have(peer, _, Err(e)) => {
                 peers.set_have_pending(&peer, false);
@@ -274,10 +284,12 @@ pub async fn fetch_chunks(
                         tracing::warn!(%peer, chunk = %missing[i].id, "peer sent bytes that do not match the chunk id; banning it");
                         peers.ban(&peer);
                         release(&mut state, i);
+                        order_dirty = true;
                     }
                     Err(NetError::NotFound) => {
                         peers.lacks(&peer, i);
                         release(&mut state, i);
+                        order_dirty = true;
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "chunk request failed");
