@@ -195,8 +195,9 @@ pub async fn fetch_chunks(
             }
         }
 
-        // Schedule: rarest needed chunk first, to the holder expected soonest.
-        if remaining > 0 {
+        // Schedule: rarest needed chunk first, to the holder expected soonest;
+        // paused while verified chunks wait for the disk (bounded memory).
+        if remaining > 0 && buffered < 2 * WRITE_BATCH {
             if order_dirty {
                 order = peers.rarest_first(&state);
                 order_dirty = false;

@@ -6,3 +6,4 @@ mod cli;
 mod crash;
 mod daemon;
 mod network;
+mod store_model;
