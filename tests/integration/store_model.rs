@@ -81,7 +81,7 @@ fn random_operations_with_restarts_match_the_model() {
             }
             // Restart.
             7 | 8 => {
-                store = None;
+                drop(store.take());
                 store = Some(Store::open(&env.path("data")).unwrap());
             }
             // Verify.
