@@ -7,8 +7,10 @@
 //! manifest ([`ChunkerParams`]) so all nodes agree on where cuts fall.
 
 use std::io::{self, Read};
+use std::ops::Range;
+use std::sync::Arc;
 
-use fastcdc::v2020::{Normalization, StreamCDC};
+use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash;
@@ -121,6 +123,95 @@ fn stream<R: Read>(reader: R, params: &ChunkerParams) -> impl Iterator<Item = io
     })
 }
 
+/// Bytes read per window by [`for_each_block`]: large enough to amortise
+/// reads and thread hand-offs, small enough to keep memory flat.
+pub const WINDOW: usize = 16 << 20;
+
+/// A window of a file and the chunks cut from it (id, byte range).
+pub type Block = (Arc<Vec<u8>>, Vec<(Hash, Range<usize>)>);
+
+/// Cuts a reader into chunks a window at a time and hands each window with
+/// its chunk ids to `f`. It makes exactly the cuts of [`chunks`] (a chunk is
+/// cut only when at least `max` bytes follow its start, or at end of input),
+/// without the per-chunk buffer shuffling of a streaming chunker, and hashes
+/// the chunks of a window on all cores.
+pub fn for_each_block<R: Read>(
+    mut reader: R,
+    len_hint: Option<u64>,
+    params: &ChunkerParams,
+    mut f: impl FnMut(Block) -> io::Result<()>,
+) -> io::Result<()> {
+    let max = params.max as usize;
+    let window = WINDOW.max(2 * max);
+    let mut carry: Vec<u8> = Vec::new();
+    let mut eof = false;
+    while !eof || !carry.is_empty() {
+        let mut buf = Vec::with_capacity(
+            window.min(carry.len() + len_hint.unwrap_or(window as u64) as usize + 1),
+        );
+        buf.extend_from_slice(&carry);
+        carry.clear();
+        if !eof {
+            // Appends what it reads, so nothing is zero-filled first.
+            let want = window - buf.len();
+            let n = (&mut reader).take(want as u64).read_to_end(&mut buf)?;
+            eof = n < want;
+        }
+        if buf.is_empty() {
+            break;
+        }
+        let cdc = FastCDC::with_level(
+            &buf,
+            params.min as usize,
+            params.avg as usize,
+            max,
+            Normalization::Level1,
+        );
+        let mut ranges = Vec::new();
+        let mut pos = 0;
+        while pos < buf.len() {
+            let remaining = buf.len() - pos;
+            if !eof && remaining < max {
+                break;
+            }
+            let (_, end) = cdc.cut(pos, remaining);
+            ranges.push(pos..end);
+            pos = end;
+        }
+        carry.extend_from_slice(&buf[pos..]);
+        buf.truncate(pos);
+        let ids = hash_all(&buf, &ranges);
+        let block = ids.into_iter().zip(ranges).collect();
+        f((Arc::new(buf), block))?;
+    }
+    Ok(())
+}
+
+/// blake3 of each range, split across the available cores.
+fn hash_all(buf: &[u8], ranges: &[Range<usize>]) -> Vec<Hash> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || ranges.len() < 2 {
+        return ranges.iter().map(|r| Hash::of(&buf[r.clone()])).collect();
+    }
+    let per = ranges.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = ranges
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|r| Hash::of(&buf[r.clone()]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +266,28 @@ mod tests {
         let small = random(1000, 4);
         let cs = cut(&small);
         assert_eq!(cs, vec![(Hash::of(&small), 1000)]);
+    }
+
+    #[test]
+    fn block_chunker_cuts_like_the_stream_chunker() {
+        for (len, seed) in [(0usize, 5u64), (1000, 6), (300 << 10, 7), (37 << 20, 8)] {
+            let data = random(len, seed);
+            let mut blocks = Vec::new();
+            for_each_block(
+                &data[..],
+                Some(len as u64),
+                &ChunkerParams::default(),
+                |(buf, cs)| {
+                    for (id, r) in cs {
+                        assert_eq!(Hash::of(&buf[r.clone()]), id);
+                        blocks.push((id, r.len()));
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(blocks, cut(&data), "length {len}");
+        }
     }
 
     #[test]

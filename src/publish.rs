@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::announce::{self, valid_name, Announcement, SignedAnnouncement};
-use crate::chunk::{self, ChunkerParams};
+use crate::chunk::{self, Block, ChunkerParams};
 use crate::keys::MasterKey;
 use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestError};
 use crate::store::{Store, StoreError};
@@ -132,53 +132,11 @@ pub fn publish(
         })
         .sum();
 
-    let mut batch = store.batch();
-    let mut done = 0u64;
-    let mut since_commit = (0u64, 0usize);
-    let mut files = 0u64;
-    let mut bytes = 0u64;
-    for e in entries.iter_mut() {
-        let EntryKind::File { size, chunks, .. } = &mut e.kind else {
-            continue;
-        };
-        let path = src.join(&e.path);
-        let read_err = |source| PublishError::Read {
-            path: path.clone(),
-            source,
-        };
-        let f = File::open(&path).map_err(read_err)?;
-        let mut actual = 0u64;
-        for c in chunk::chunks(f, Some(*size), &params) {
-            let c = c.map_err(read_err)?;
-            let len = c.data.len() as u64;
-            if batch.add(&c.id, &c.data)? {
-                since_commit.0 += len;
-                since_commit.1 += 1;
-            }
-            chunks.push(ChunkRef {
-                id: c.id,
-                len: len as u32,
-            });
-            actual += len;
-            done += len;
-            progress(done, total.max(done));
-            if since_commit.0 >= COMMIT_BYTES || since_commit.1 >= COMMIT_CHUNKS {
-                batch.commit()?;
-                since_commit = (0, 0);
-            }
-        }
-        // The file may have changed size since the scan: record what was read.
-        *size = actual;
-        files += 1;
-        bytes += actual;
-    }
-    batch.commit()?;
+    let (files, bytes, new_bytes) = ingest(store, src, &mut entries, &params, total, progress)?;
 
     let manifest = Manifest::new(entries, params);
     manifest.validate()?;
-    let (manifest_id, manifest_size) = batch.add_manifest_bytes(&manifest.encode())?;
-    let new_bytes = batch.new_bytes();
-    drop(batch);
+    let (manifest_id, manifest_size) = store.batch().add_manifest_bytes(&manifest.encode())?;
 
     let collection = key.collection();
     let version = match opts.version {
@@ -206,6 +164,95 @@ pub fn publish(
         bytes,
         new_bytes,
     })
+}
+
+/// Reads, cuts and hashes every file (on this thread and the hashing
+/// threads) while a writer thread stores the new chunks and commits them in
+/// batches, filling in each file's chunk list. Returns (files, bytes, new bytes).
+fn ingest(
+    store: &Store,
+    src: &Path,
+    entries: &mut [Entry],
+    params: &ChunkerParams,
+    total: u64,
+    progress: Progress<'_>,
+) -> Result<(u64, u64, u64), PublishError> {
+    // Two windows queued at most: memory stays flat whatever the data size.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Block>(2);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<u64, StoreError> {
+            let mut batch = store.batch();
+            let mut since = (0u64, 0usize);
+            for (buf, chunks) in rx {
+                for (id, r) in chunks {
+                    let len = r.len() as u64;
+                    if batch.add(&id, &buf[r])? {
+                        since.0 += len;
+                        since.1 += 1;
+                    }
+                    if since.0 >= COMMIT_BYTES || since.1 >= COMMIT_CHUNKS {
+                        batch.commit()?;
+                        since = (0, 0);
+                    }
+                }
+            }
+            batch.commit()?;
+            Ok(batch.new_bytes())
+        });
+        let read = read_files(src, entries, params, total, progress, &tx);
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        // A store error stops the reader too; report the store's cause first.
+        let new_bytes = written?;
+        let (files, bytes) = read?;
+        Ok((files, bytes, new_bytes))
+    })
+}
+
+fn read_files(
+    src: &Path,
+    entries: &mut [Entry],
+    params: &ChunkerParams,
+    total: u64,
+    progress: Progress<'_>,
+    tx: &std::sync::mpsc::SyncSender<Block>,
+) -> Result<(u64, u64), PublishError> {
+    let mut done = 0u64;
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    for e in entries.iter_mut() {
+        let EntryKind::File { size, chunks, .. } = &mut e.kind else {
+            continue;
+        };
+        let path = src.join(&e.path);
+        let read_err = |source| PublishError::Read {
+            path: path.clone(),
+            source,
+        };
+        let f = File::open(&path).map_err(read_err)?;
+        let mut actual = 0u64;
+        chunk::for_each_block(f, Some(*size), params, |(buf, cs)| {
+            for (id, r) in &cs {
+                chunks.push(ChunkRef {
+                    id: *id,
+                    len: r.len() as u32,
+                });
+                actual += r.len() as u64;
+            }
+            done += buf.len() as u64;
+            progress(done, total.max(done));
+            tx.send((buf, cs))
+                .map_err(|_| io::Error::other("the chunk writer stopped"))
+        })
+        .map_err(read_err)?;
+        // The file may have changed size since the scan: record what was read.
+        *size = actual;
+        files += 1;
+        bytes += actual;
+    }
+    Ok((files, bytes))
 }
 
 /// Lists a tree as manifest entries (files with their scanned size and no
