@@ -136,7 +136,12 @@ pub fn run(data: &Path, args: &NetArgs, follow: Vec<String>) -> Result<()> {
 /// `peermirror sync`: fetch the latest version once and exit.
 pub fn sync(data: &Path, args: &NetArgs, collection: &str, wait: u64) -> Result<()> {
     let c: CollectionId = collection.parse().map_err(|e| anyhow!("{e}"))?;
-    let cfg = node_config(data, args, vec![c.to_string()], Some("/ip4/0.0.0.0/tcp/0"))?;
+    let cfg = node_config(
+        data,
+        args,
+        vec![c.to_string()],
+        Some("/ip4/127.0.0.1/tcp/0"),
+    )?;
     if cfg.net.bootstrap.is_empty() {
         bail!("sync needs at least one --peer (or peers in the config file)");
     }
@@ -222,22 +227,6 @@ pub fn demo(source: Option<&Path>, keep: bool) -> Result<()> {
     r
 }
 
-fn loopback_config(data: PathBuf, peers: Vec<Multiaddr>, follow: Vec<CollectionId>) -> NodeConfig {
-    NodeConfig {
-        data,
-        net: NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
-            bootstrap: peers,
-            mdns: false,
-            kademlia: true,
-            idle_timeout: Duration::from_secs(60),
-        },
-        follow,
-        keep: 2,
-        control: false,
-    }
-}
-
 async fn demo_inner(root: &Path, source: Option<&Path>) -> Result<()> {
     let src = match source {
         Some(s) => s
@@ -252,7 +241,7 @@ async fn demo_inner(root: &Path, source: Option<&Path>) -> Result<()> {
     let key = MasterKey::generate();
     let c = key.collection();
     println!("collection {c}");
-    let master = Node::start(loopback_config(root.join("master"), vec![], vec![])).await?;
+    let master = Node::start(NodeConfig::loopback(root.join("master"), vec![], vec![])).await?;
     let maddr = master.listen_addrs().await;
     println!("master  {} on {}", master.peer_id(), maddr[0]);
     let mut mirrors = Vec::new();
@@ -266,7 +255,7 @@ async fn demo_inner(root: &Path, source: Option<&Path>) -> Result<()> {
         } else {
             maddr.clone()
         };
-        let m = Node::start(loopback_config(
+        let m = Node::start(NodeConfig::loopback(
             root.join(format!("mirror{i}")),
             peers,
             vec![c],

@@ -50,6 +50,30 @@ pub struct NodeConfig {
     pub control: bool,
 }
 
+impl NodeConfig {
+    /// A node on an ephemeral 127.0.0.1 TCP port without a control socket:
+    /// what the demo, tests and benchmarks run.
+    pub fn loopback(data: PathBuf, peers: Vec<Multiaddr>, follow: Vec<CollectionId>) -> Self {
+        NodeConfig {
+            data,
+            net: NetConfig {
+                listen: vec![Multiaddr::empty()
+                    .with(libp2p::multiaddr::Protocol::Ip4(
+                        std::net::Ipv4Addr::LOCALHOST,
+                    ))
+                    .with(libp2p::multiaddr::Protocol::Tcp(0))],
+                bootstrap: peers,
+                mdns: false,
+                kademlia: true,
+                idle_timeout: Duration::from_secs(60),
+            },
+            follow,
+            keep: 2,
+            control: false,
+        }
+    }
+}
+
 /// Why a node could not start or an operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -97,14 +121,7 @@ impl Node {
     /// Starts a node; must run inside a Tokio runtime.
     pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let data = cfg.data.clone();
-        let store = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&data))
-                .await
-                .map_err(|e| StoreError::Io {
-                    context: "opening the store".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })??,
-        );
+        let store = Arc::new(blocking("opening the store", move || Store::open(&data)).await?);
         let keypair = node_key(&cfg.data.join("node.key"))?;
         let bytes_up = Arc::new(AtomicU64::new(0));
         let provider = Arc::new(StoreProvider {
@@ -140,12 +157,7 @@ impl Node {
         });
         let mut follow = cfg.follow.clone();
         let s = inner.store.clone();
-        let held = tokio::task::spawn_blocking(move || s.collections())
-            .await
-            .map_err(|e| StoreError::Io {
-                context: "listing collections".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let held = blocking("listing collections", move || s.collections()).await?;
         follow.extend(held.iter().map(|c| c.id));
         for c in follow {
             node.follow(c).await?;
@@ -230,12 +242,7 @@ impl Node {
     /// A snapshot of the node's state.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         let s = self.inner.store.clone();
-        let cols = tokio::task::spawn_blocking(move || s.collections())
-            .await
-            .map_err(|e| StoreError::Io {
-                context: "status".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let cols = blocking("status", move || s.collections()).await?;
         let followers = lock(&self.inner.followers).clone();
         let mut bytes_down = 0;
         for f in followers.values() {
@@ -306,9 +313,8 @@ impl Node {
             ask_one(&self.inner, p.peer_id, c).await;
         }
         let s = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || s.latest(&c))
+        blocking("reading the latest version", move || s.latest(&c))
             .await
-            .ok()?
             .ok()?
             .map(|a| a.body.version)
     }
@@ -410,12 +416,10 @@ async fn accept(inner: &Arc<Inner>, bytes: &[u8]) -> Result<CollectionId, StoreE
         return Err(StoreError::UnknownCollection(c));
     }
     let store = inner.store.clone();
-    tokio::task::spawn_blocking(move || store.accept_announcement(&a))
-        .await
-        .map_err(|e| StoreError::Io {
-            context: "recording an announcement".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+    blocking("recording an announcement", move || {
+        store.accept_announcement(&a)
+    })
+    .await?;
     tracing::info!(collection = %c, "accepted a new announcement");
     wake(inner, &c);
     Ok(c)
@@ -483,6 +487,19 @@ fn node_key(path: &Path) -> Result<Keypair, NodeError> {
         }
         Err(e) => Err(err(e.to_string())),
     }
+}
+
+/// Runs store work on the blocking pool (sled and file I/O block).
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io {
+            context: what.to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use peermirror::keys::{CollectionId, MasterKey};
-use peermirror::net::NetConfig;
 use peermirror::node::{Node, NodeConfig};
 use peermirror::publish::PublishOptions;
 
@@ -15,28 +14,14 @@ use crate::util::*;
 
 const WAIT: Duration = Duration::from_secs(180);
 
-fn config(data: PathBuf, peers: Vec<Multiaddr>, follow: Vec<CollectionId>) -> NodeConfig {
-    NodeConfig {
-        data,
-        net: NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            bootstrap: peers,
-            mdns: false,
-            kademlia: true,
-            idle_timeout: Duration::from_secs(60),
-        },
-        follow,
-        keep: 2,
-        control: false,
-    }
-}
-
 async fn start(
     data: PathBuf,
     peers: Vec<Multiaddr>,
     follow: Vec<CollectionId>,
 ) -> (Arc<Node>, Vec<Multiaddr>) {
-    let n = Node::start(config(data, peers, follow)).await.unwrap();
+    let n = Node::start(NodeConfig::loopback(data, peers, follow))
+        .await
+        .unwrap();
     let addrs = n.listen_addrs().await;
     assert!(!addrs.is_empty());
     (n, addrs)
@@ -173,7 +158,7 @@ async fn wrong_bytes_and_forged_announcements_are_refused() {
     let kp = libp2p::identity::Keypair::generate_ed25519();
     let (liar, _events, lp) = peermirror::net::new(
         kp,
-        config(env.path("liar"), vec![], vec![]).net,
+        NodeConfig::loopback(env.path("liar"), vec![], vec![]).net,
         Arc::new(Liar),
     )
     .unwrap();
