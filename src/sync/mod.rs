@@ -30,8 +30,14 @@ use peers::Peers;
 pub const MAX_PER_PEER: usize = 16;
 /// Requests in flight in total.
 pub const MAX_TOTAL: usize = 48;
-/// How often have-maps and the peer list are refreshed during a download.
-const REFRESH: Duration = Duration::from_secs(1);
+/// How often have-maps and the peer list are refreshed during a download:
+/// often, so chunks that other mirrors just received are fetched from them
+/// rather than from the source...
+const REFRESH: Duration = Duration::from_millis(250);
+/// ... but less often for very large versions, whose have requests are big.
+const REFRESH_LARGE: Duration = Duration::from_secs(1);
+/// Needed chunks above which [`REFRESH_LARGE`] applies.
+const LARGE: usize = 16_384;
 /// Verified chunks are written and indexed in batches of about this size.
 const WRITE_BATCH: usize = 32 << 20;
 /// ... or after this long.
@@ -172,7 +178,12 @@ pub async fn fetch_chunks(
         if cancelled() {
             return Err(SyncError::Cancelled);
         }
-        if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH) {
+        let every = if remaining > LARGE {
+            REFRESH_LARGE
+        } else {
+            REFRESH
+        };
+        if last_refresh.is_none_or(|t| t.elapsed() >= every) {
             last_refresh = Some(Instant::now());
             for info in client.peers().await {
                 peers.connected(info.peer_id, info.rtt);

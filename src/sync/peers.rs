@@ -13,6 +13,11 @@ use super::{Slot, MAX_PER_PEER};
 const BENCH: Duration = Duration::from_secs(5);
 /// Failures in a row before a peer is benched.
 const MAX_FAILURES: u32 = 3;
+/// How much longer a peer that holds everything still needed may look
+/// before another holder is preferred: such a peer is the source (or a
+/// finished mirror), and the source should be the holder of last resort so
+/// that it uploads about one copy however many mirrors there are.
+const SEEDER_FACTOR: f64 = 3.0;
 
 struct Peer {
     have: Vec<bool>,
@@ -24,19 +29,29 @@ struct Peer {
     benched_until: Option<Instant>,
     have_pending: bool,
     seen: bool,
+    /// Held every chunk still needed at the last have-map.
+    complete: bool,
 }
 
 /// The peers of one download.
 pub(super) struct Peers {
     n: usize,
+    /// A random rank per chunk, breaking rarity ties differently on every
+    /// node, so mirrors starting together fetch different chunks from the
+    /// same source and then trade them.
+    tiebreak: Vec<u32>,
     peers: HashMap<PeerId, Peer>,
     banned: HashSet<PeerId>,
 }
 
 impl Peers {
     pub fn new(n: usize) -> Self {
+        use rand::seq::SliceRandom;
+        let mut tiebreak: Vec<u32> = (0..n as u32).collect();
+        tiebreak.shuffle(&mut rand::thread_rng());
         Peers {
             n,
+            tiebreak,
             peers: HashMap::new(),
             banned: HashSet::new(),
         }
@@ -57,6 +72,7 @@ impl Peers {
             benched_until: None,
             have_pending: false,
             seen: false,
+            complete: false,
         });
         p.rtt = rtt.or(p.rtt);
         p.seen = true;
@@ -87,6 +103,7 @@ impl Peers {
             for (&i, &b) in idx.iter().zip(bits) {
                 p.have[i] = b;
             }
+            p.complete = !bits.is_empty() && bits.iter().all(|b| *b);
             p.failures = 0;
         }
     }
@@ -94,13 +111,16 @@ impl Peers {
     /// Needed chunks ordered by how few peers hold them (rarest first);
     /// chunks nobody holds are left out.
     pub fn rarest_first(&self, state: &[Slot]) -> Vec<usize> {
-        let mut counts: Vec<(u32, usize)> = (0..self.n)
+        let mut counts: Vec<(u32, u32, usize)> = (0..self.n)
             .filter(|&i| state[i] == Slot::Needed)
-            .map(|i| (self.peers.values().filter(|p| p.have[i]).count() as u32, i))
-            .filter(|(c, _)| *c > 0)
+            .map(|i| {
+                let holders = self.peers.values().filter(|p| p.have[i]).count() as u32;
+                (holders, self.tiebreak[i], i)
+            })
+            .filter(|(c, _, _)| *c > 0)
             .collect();
         counts.sort_unstable();
-        counts.into_iter().map(|(_, i)| i).collect()
+        counts.into_iter().map(|(_, _, i)| i).collect()
     }
 
     /// The holder of chunk `i` expected to deliver it soonest, skipping
@@ -115,11 +135,7 @@ impl Peers {
                     && p.benched_until.is_none_or(|t| t <= now)
                     && !exclude.contains(id)
             })
-            .min_by(|(_, a), (_, b)| {
-                let ca = (a.inflight.len() + 1) as f64 * a.secs;
-                let cb = (b.inflight.len() + 1) as f64 * b.secs;
-                ca.total_cmp(&cb).then(a.rtt.cmp(&b.rtt))
-            })
+            .min_by(|(_, a), (_, b)| cost(a).total_cmp(&cost(b)).then(a.rtt.cmp(&b.rtt)))
             .map(|(id, _)| *id)
     }
 
@@ -183,6 +199,16 @@ impl Peers {
     }
 }
 
+/// Expected wait for one more request to `p`.
+fn cost(p: &Peer) -> f64 {
+    let wait = (p.inflight.len() + 1) as f64 * p.secs;
+    if p.complete {
+        wait * SEEDER_FACTOR
+    } else {
+        wait
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,12 +224,38 @@ mod tests {
         let state = [Slot::Needed; 3];
         // Chunk 1 has one holder, chunk 0 two, chunk 2 none.
         assert_eq!(p.rarest_first(&state), vec![1, 0]);
+        // Equally rare chunks come in a random order, all of them.
+        let mut q = Peers::new(100);
+        q.connected(a, None);
+        q.update_have(&a, &(0..100).collect::<Vec<_>>(), &[true; 100]);
+        let order = q.rarest_first(&[Slot::Needed; 100]);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(order, sorted, "ties are shuffled");
         assert_eq!(p.best_holder(1, &[]), Some(a));
         p.started(&a, 1);
         // a is now busier than b.
         assert_eq!(p.best_holder(0, &[]), Some(b));
         assert_eq!(p.best_holder(0, &[b]), Some(a));
         assert_eq!(p.best_holder(2, &[]), None);
+    }
+
+    #[test]
+    fn a_peer_holding_everything_is_the_last_resort() {
+        let (seeder, mirror) = (PeerId::random(), PeerId::random());
+        let mut p = Peers::new(2);
+        p.connected(seeder, Some(Duration::from_millis(1)));
+        p.connected(mirror, Some(Duration::from_millis(1)));
+        p.update_have(&seeder, &[0, 1], &[true, true]);
+        p.update_have(&mirror, &[0, 1], &[true, false]);
+        assert_eq!(p.best_holder(0, &[]), Some(mirror));
+        assert_eq!(p.best_holder(1, &[]), Some(seeder));
+        // Until the mirror is much busier than the seeder.
+        for i in 0..3 {
+            p.started(&mirror, 100 + i);
+        }
+        assert_eq!(p.best_holder(0, &[]), Some(seeder));
     }
 
     #[test]
