@@ -129,10 +129,11 @@ async fn late_mirror_catches_up_and_survives_the_master_leaving() {
 }
 
 /// A peer that claims every chunk and answers with garbage.
-struct Liar;
+struct Liar(Arc<std::sync::atomic::AtomicU64>);
 
 impl peermirror::net::ChunkProvider for Liar {
     fn chunk(&self, _id: &[u8; 32]) -> Option<bytes::Bytes> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(bytes::Bytes::from(vec![0xAB; 1 << 20]))
     }
     fn have(&self, ids: &[[u8; 32]]) -> Vec<bool> {
@@ -156,10 +157,11 @@ async fn wrong_bytes_and_forged_announcements_are_refused() {
 
     // The liar runs first so the mirror knows it before the honest master.
     let kp = libp2p::identity::Keypair::generate_ed25519();
+    let lies = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (liar, _events, lp) = peermirror::net::new(
         kp,
         NodeConfig::loopback(env.path("liar"), vec![], vec![]).net,
-        Arc::new(Liar),
+        Arc::new(Liar(lies.clone())),
     )
     .unwrap();
     let liar_task = tokio::spawn(lp.run(std::future::pending()));
@@ -172,6 +174,8 @@ async fn wrong_bytes_and_forged_announcements_are_refused() {
     let v = publish(&master, &key, &src).await;
     wait_version(&m, c, v).await;
     export_and_compare(&m, c, &src, env.path("out")).await;
+    // The liar was asked (and banned after its first answer), yet every byte is right.
+    assert!(lies.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     let report = m.store().verify(false).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 
