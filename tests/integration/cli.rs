@@ -84,10 +84,7 @@ fn unchanged_data_stores_nothing_new_and_edits_store_little() {
 #[test]
 fn export_replaces_only_when_asked_and_atomically() {
     let env = Env::new();
-    let (key, id) = env.keygen();
-    let src = env.path("src");
-    sample_tree(&src, 1);
-    env.run(&["publish", "--key", &key, src.to_str().unwrap()]);
+    let (_, id, src) = env.publish_sample(1);
     let dest = env.path("dest");
     fs::create_dir_all(&dest).unwrap();
     fs::write(dest.join("precious"), b"keep me").unwrap();
@@ -106,10 +103,7 @@ fn export_replaces_only_when_asked_and_atomically() {
 #[test]
 fn verify_names_corruption_and_repair_recovers() {
     let env = Env::new();
-    let (key, id) = env.keygen();
-    let src = env.path("src");
-    sample_tree(&src, 2);
-    env.run(&["publish", "--key", &key, src.to_str().unwrap()]);
+    let (key, id, src) = env.publish_sample(2);
     let ok = env.run(&["verify"]);
     assert!(ok.contains(" 0 problems"), "{ok}");
 

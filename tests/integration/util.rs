@@ -69,6 +69,16 @@ impl Env {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Writes a key and a sample tree (see [`sample_tree`]) and publishes
+    /// it: returns (key path, collection id, source dir).
+    pub fn publish_sample(&self, big_mib: usize) -> (String, String, PathBuf) {
+        let (key, id) = self.keygen();
+        let src = self.path("src");
+        sample_tree(&src, big_mib);
+        self.run(&["publish", "--key", &key, src.to_str().unwrap()]);
+        (key, id, src)
+    }
+
     /// Writes a master key and returns (path, collection id).
     pub fn keygen(&self) -> (String, String) {
         let key = self.path("master.key");
