@@ -29,7 +29,7 @@ use peers::Peers;
 /// Requests in flight to one peer.
 pub const MAX_PER_PEER: usize = 16;
 /// Requests in flight in total.
-pub const MAX_TOTAL: usize = 48;
+pub const MAX_TOTAL: usize = 32;
 /// How often have-maps and the peer list are refreshed during a download:
 /// often, so chunks that other mirrors just received are fetched from them
 /// rather than from the source...
@@ -39,7 +39,7 @@ const REFRESH_LARGE: Duration = Duration::from_secs(1);
 /// Needed chunks above which [`REFRESH_LARGE`] applies.
 const LARGE: usize = 16_384;
 /// Verified chunks are written and indexed in batches of about this size.
-const WRITE_BATCH: usize = 32 << 20;
+const WRITE_BATCH: usize = 16 << 20;
 /// ... or after this long.
 const WRITE_DELAY: Duration = Duration::from_millis(200);
 
