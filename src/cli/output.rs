@@ -87,6 +87,7 @@ pub fn node_status(s: &peermirror::node::NodeStatus) {
         }
         let vs: Vec<String> = c.versions.iter().map(u64::to_string).collect();
         println!("  versions held: {}", vs.join(", "));
+        println!("  received from peers: {}", bytes(c.bytes_down));
     }
     println!("peers: {}", s.peers.len());
     for p in &s.peers {

@@ -263,6 +263,7 @@ impl Node {
                     done_bytes: f.map_or(0, |f| f.progress.done_bytes.load(Ordering::Relaxed)),
                     total_bytes: f.map_or(0, |f| f.progress.total_bytes.load(Ordering::Relaxed)),
                     versions: c.versions,
+                    bytes_down: f.map_or(0, |f| f.progress.bytes_down.load(Ordering::Relaxed)),
                 }
             })
             .collect();

@@ -36,6 +36,8 @@ pub struct CollectionStatus {
     pub total_bytes: u64,
     /// Versions held.
     pub versions: Vec<u64>,
+    /// Chunk bytes received from peers for this collection.
+    pub bytes_down: u64,
 }
 
 impl CollectionStatus {
