@@ -188,7 +188,7 @@ pub fn for_each_block<R: Read>(
 }
 
 /// blake3 of each range, split across the available cores.
-fn hash_all(buf: &[u8], ranges: &[Range<usize>]) -> Vec<Hash> {
+pub fn hash_all(buf: &[u8], ranges: &[Range<usize>]) -> Vec<Hash> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads < 2 || ranges.len() < 2 {
         return ranges.iter().map(|r| Hash::of(&buf[r.clone()])).collect();

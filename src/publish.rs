@@ -7,9 +7,11 @@
 //! running it again reuses every chunk already committed.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
+use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::announce::{self, valid_name, Announcement, SignedAnnouncement};
 use crate::chunk::{self, Block, ChunkerParams};
@@ -211,6 +213,10 @@ fn ingest(
     })
 }
 
+/// Small files gathered into one block before hashing and writing, so a
+/// tree of many small files costs one hand-off per few MiB, not per file.
+const SMALL_BLOCK: usize = 4 << 20;
+
 fn read_files(
     src: &Path,
     entries: &mut [Entry],
@@ -219,39 +225,108 @@ fn read_files(
     progress: Progress<'_>,
     tx: &std::sync::mpsc::SyncSender<Block>,
 ) -> Result<(u64, u64), PublishError> {
+    let send = |block: Block| {
+        tx.send(block)
+            .map_err(|_| io::Error::other("the chunk writer stopped"))
+    };
     let mut done = 0u64;
     let mut files = 0u64;
     let mut bytes = 0u64;
-    for e in entries.iter_mut() {
-        let EntryKind::File { size, chunks, .. } = &mut e.kind else {
-            continue;
-        };
-        let path = src.join(&e.path);
-        let read_err = |source| PublishError::Read {
-            path: path.clone(),
-            source,
-        };
-        let f = File::open(&path).map_err(read_err)?;
-        let mut actual = 0u64;
-        chunk::for_each_block(f, Some(*size), params, |(buf, cs)| {
-            for (id, r) in &cs {
+    // Files no larger than the minimum chunk are one chunk each: read them
+    // into a shared buffer (entry index, byte range) and hash them together.
+    let mut small = (Vec::with_capacity(SMALL_BLOCK), Vec::new());
+    let flush_small = |small: &mut (Vec<u8>, Vec<(usize, Range<usize>)>),
+                       entries: &mut [Entry]|
+     -> io::Result<()> {
+        if small.1.is_empty() {
+            return Ok(());
+        }
+        let (buf, list) = std::mem::take(small);
+        let ranges: Vec<Range<usize>> = list.iter().map(|(_, r)| r.clone()).collect();
+        let ids = chunk::hash_all(&buf, &ranges);
+        for ((i, r), id) in list.iter().zip(&ids) {
+            if let EntryKind::File { chunks, .. } = &mut entries[*i].kind {
                 chunks.push(ChunkRef {
                     id: *id,
                     len: r.len() as u32,
                 });
-                actual += r.len() as u64;
             }
-            done += buf.len() as u64;
-            progress(done, total.max(done));
-            tx.send((buf, cs))
-                .map_err(|_| io::Error::other("the chunk writer stopped"))
-        })
-        .map_err(read_err)?;
+        }
+        small.0 = Vec::with_capacity(SMALL_BLOCK);
+        send((Arc::new(buf), ids.into_iter().zip(ranges).collect()))
+    };
+    for i in 0..entries.len() {
+        let EntryKind::File { size, .. } = entries[i].kind else {
+            continue;
+        };
+        let path = src.join(&entries[i].path);
+        let read_err = |source| PublishError::Read {
+            path: path.clone(),
+            source,
+        };
+        let mut f = File::open(&path).map_err(read_err)?;
+        let mut actual = 0u64;
+        if size <= params.min as u64 {
+            let start = small.0.len();
+            let n = (&mut f)
+                .take(params.min as u64 + 1)
+                .read_to_end(&mut small.0)
+                .map_err(read_err)?;
+            if n <= params.min as usize {
+                if n > 0 {
+                    small.1.push((i, start..start + n));
+                }
+                actual = n as u64;
+                done += actual;
+                progress(done, total.max(done));
+                if small.0.len() >= SMALL_BLOCK {
+                    flush_small(&mut small, entries).map_err(read_err)?;
+                }
+            } else {
+                // It grew since the scan: cut it like a large file.
+                let head = small.0.split_off(start);
+                let EntryKind::File { chunks, .. } = &mut entries[i].kind else {
+                    continue;
+                };
+                chunk::for_each_block(io::Cursor::new(head).chain(f), None, params, |(buf, cs)| {
+                    chunks.extend(cs.iter().map(|(id, r)| ChunkRef {
+                        id: *id,
+                        len: r.len() as u32,
+                    }));
+                    actual += buf.len() as u64;
+                    done += buf.len() as u64;
+                    progress(done, total.max(done));
+                    send((buf, cs))
+                })
+                .map_err(read_err)?;
+            }
+        } else {
+            let EntryKind::File { chunks, .. } = &mut entries[i].kind else {
+                continue;
+            };
+            chunk::for_each_block(f, Some(size), params, |(buf, cs)| {
+                chunks.extend(cs.iter().map(|(id, r)| ChunkRef {
+                    id: *id,
+                    len: r.len() as u32,
+                }));
+                actual += buf.len() as u64;
+                done += buf.len() as u64;
+                progress(done, total.max(done));
+                send((buf, cs))
+            })
+            .map_err(read_err)?;
+        }
         // The file may have changed size since the scan: record what was read.
-        *size = actual;
+        if let EntryKind::File { size, .. } = &mut entries[i].kind {
+            *size = actual;
+        }
         files += 1;
         bytes += actual;
     }
+    flush_small(&mut small, entries).map_err(|source| PublishError::Read {
+        path: src.to_path_buf(),
+        source,
+    })?;
     Ok((files, bytes))
 }
 
