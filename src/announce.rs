@@ -128,6 +128,12 @@ impl SignedAnnouncement {
         }
         let a: SignedAnnouncement =
             postcard::from_bytes(bytes).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
+        // One announcement, one encoding (no trailing bytes, no overlong varints).
+        if a.encode() != bytes {
+            return Err(AnnounceError::Malformed(
+                "not the canonical encoding".into(),
+            ));
+        }
         a.verify(now)?;
         Ok(a)
     }
@@ -307,5 +313,11 @@ mod tests {
             Err(AnnounceError::Malformed(_))
         ));
         assert!(SignedAnnouncement::decode(&vec![0u8; MAX_ENCODED + 1], 1_500).is_err());
+        let mut trailing = sample(&k, 1).sign(&k).encode();
+        trailing.push(0);
+        assert!(matches!(
+            SignedAnnouncement::decode(&trailing, 1_500),
+            Err(AnnounceError::Malformed(_))
+        ));
     }
 }

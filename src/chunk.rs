@@ -18,8 +18,10 @@ use crate::hash::Hash;
 /// Name of the only chunking algorithm this version understands.
 pub const ALGORITHM: &str = "fastcdc-v2020-l1-s0";
 
-/// Largest chunk any manifest may declare; bounds memory per chunk.
-pub const MAX_CHUNK_LEN: u32 = 16 * 1024 * 1024;
+/// Largest chunk any manifest may declare; bounds memory per chunk and
+/// equals the chunk protocol's body limit, so every valid version can be
+/// fetched over the network.
+pub const MAX_CHUNK_LEN: u32 = 8 * 1024 * 1024;
 
 /// The chunking algorithm and its size bounds, recorded in each manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,7 +45,14 @@ impl GossipMessage {
                 bytes.len()
             )));
         }
-        postcard::from_bytes(bytes).map_err(|e| AnnounceError::Malformed(e.to_string()))
+        let m: GossipMessage =
+            postcard::from_bytes(bytes).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
+        if m.encode() != bytes {
+            return Err(AnnounceError::Malformed(
+                "not the canonical encoding".into(),
+            ));
+        }
+        Ok(m)
     }
 
     /// An `Announce` message.
@@ -70,6 +77,13 @@ mod tests {
             assert_eq!(GossipMessage::decode(&m.encode()).unwrap(), m);
         }
         assert!(GossipMessage::decode(&[9, 9]).is_err());
+        let mut trailing = GossipMessage::Have {
+            version: 1,
+            holder: vec![],
+        }
+        .encode();
+        trailing.push(0);
+        assert!(GossipMessage::decode(&trailing).is_err());
         assert!(GossipMessage::decode(&vec![0; MAX_MESSAGE + 1]).is_err());
     }
 }

@@ -393,10 +393,10 @@ async fn on_gossip(inner: &Arc<Inner>, topic: CollectionId, data: &[u8]) -> Verd
             wake(inner, &topic);
             Verdict::Accept
         }
-        Ok(GossipMessage::Announce(bytes)) => match accept(inner, &bytes).await {
-            Ok(c) if c == topic => Verdict::Accept,
+        Ok(GossipMessage::Announce(bytes)) => match accept(inner, &bytes, Some(topic)).await {
+            Ok(_) => Verdict::Accept,
             // Signed, but sent on another collection's topic.
-            Ok(_) => Verdict::Reject,
+            Err(StoreError::UnknownCollection(_)) => Verdict::Reject,
             Err(StoreError::Announce(AnnounceError::NotNewer { .. })) => Verdict::Ignore,
             Err(StoreError::Announce(AnnounceError::Expired { .. })) => Verdict::Ignore,
             Err(StoreError::Announce(_)) => Verdict::Reject,
@@ -408,11 +408,16 @@ async fn on_gossip(inner: &Arc<Inner>, topic: CollectionId, data: &[u8]) -> Verd
     }
 }
 
-/// Verifies and records an announcement of a followed collection, waking its follower.
-async fn accept(inner: &Arc<Inner>, bytes: &[u8]) -> Result<CollectionId, StoreError> {
+/// Verifies and records an announcement of a followed collection (the
+/// topic's own, when it came over gossip), waking its follower.
+async fn accept(
+    inner: &Arc<Inner>,
+    bytes: &[u8],
+    topic: Option<CollectionId>,
+) -> Result<CollectionId, StoreError> {
     let a = SignedAnnouncement::decode(bytes, announce::now())?;
     let c = a.body.collection;
-    if !lock(&inner.followers).contains_key(&c) {
+    if topic.is_some_and(|t| t != c) || !lock(&inner.followers).contains_key(&c) {
         // Not followed here: valid, but nothing to do.
         return Err(StoreError::UnknownCollection(c));
     }
@@ -442,7 +447,7 @@ async fn ask_latest(inner: Arc<Inner>, peer: PeerId) {
 
 async fn ask_one(inner: &Arc<Inner>, peer: PeerId, c: CollectionId) {
     match inner.client.request_latest(peer, c.0).await {
-        Ok(Some(bytes)) => match accept(inner, &bytes).await {
+        Ok(Some(bytes)) => match accept(inner, &bytes, Some(c)).await {
             Ok(_) | Err(StoreError::Announce(AnnounceError::NotNewer { .. })) => {}
             Err(e) => tracing::debug!(%peer, error = %e, "latest announcement not taken"),
         },

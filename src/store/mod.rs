@@ -118,7 +118,7 @@ struct ManifestRecord {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct CollectionRecord {
     name: String,
-    /// The complete version HTTP and export serve.
+    /// The complete version export and peers serve.
     current: Option<u64>,
     /// The newest version whose announcement was accepted.
     accepted: Option<u64>,
@@ -163,6 +163,9 @@ pub struct Store {
     /// Batches hold it shared; gc holds it exclusively, so it never frees
     /// space that an uncommitted batch has just written.
     gate: RwLock<()>,
+    /// Serialises read-modify-write of collection records (announcements
+    /// arrive from gossip and from several peers at once).
+    records: std::sync::Mutex<()>,
     _lock: File,
 }
 
@@ -193,6 +196,7 @@ impl Store {
             segs,
             db,
             gate: RwLock::new(()),
+            records: std::sync::Mutex::new(()),
             _lock: lock,
         })
     }
@@ -352,6 +356,7 @@ impl Store {
     pub fn accept_announcement(&self, a: &SignedAnnouncement) -> Result<()> {
         a.verify(announce::now())?;
         let id = a.body.collection;
+        let _one_writer = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = self.collection_record(&id)?.unwrap_or_default();
         a.check_newer(rec.accepted)?;
         self.versions
@@ -376,6 +381,7 @@ impl Store {
         if missing > 0 {
             return Err(StoreError::Incomplete { version, missing });
         }
+        let _one_writer = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = self.collection_record(id)?.unwrap_or_default();
         if rec.current.is_some_and(|c| c >= version) {
             return Ok(());

@@ -2,7 +2,7 @@
 //! store lacks, from whichever peers hold it, many requests in flight.
 //!
 //! Peers are chosen per chunk ([`peers`]): rarest chunk first across the
-//! swarm (from have-maps refreshed every second while a download runs), and
+//! swarm (from have-maps refreshed every 250 ms while a download runs), and
 //! for each chunk the holder expected to answer soonest (requests queued
 //! there times its recent response time, then RTT). The last requests are
 //! duplicated on a second holder (endgame). Every chunk is hashed before it
