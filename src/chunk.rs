@@ -129,14 +129,14 @@ fn stream<R: Read>(reader: R, params: &ChunkerParams) -> impl Iterator<Item = io
 /// reads and thread hand-offs, small enough to keep memory flat.
 pub const WINDOW: usize = 16 << 20;
 
-/// A window of a file and the chunks cut from it (id, byte range).
-pub type Block = (Arc<Vec<u8>>, Vec<(Hash, Range<usize>)>);
+/// A window of a file and the byte ranges of the chunks cut from it.
+pub type Block = (Arc<Vec<u8>>, Vec<Range<usize>>);
 
 /// Cuts a reader into chunks a window at a time and hands each window with
-/// its chunk ids to `f`. It makes exactly the cuts of [`chunks`] (a chunk is
-/// cut only when at least `max` bytes follow its start, or at end of input),
-/// without the per-chunk buffer shuffling of a streaming chunker, and hashes
-/// the chunks of a window on all cores.
+/// its chunk ranges to `f` (which hashes them, on another thread if it
+/// likes). It makes exactly the cuts of [`chunks`] (a chunk is cut only when
+/// at least `max` bytes follow its start, or at end of input), without the
+/// per-chunk buffer shuffling of a streaming chunker.
 pub fn for_each_block<R: Read>(
     mut reader: R,
     len_hint: Option<u64>,
@@ -182,36 +182,9 @@ pub fn for_each_block<R: Read>(
         }
         carry.extend_from_slice(&buf[pos..]);
         buf.truncate(pos);
-        let ids = hash_all(&buf, &ranges);
-        let block = ids.into_iter().zip(ranges).collect();
-        f((Arc::new(buf), block))?;
+        f((Arc::new(buf), ranges))?;
     }
     Ok(())
-}
-
-/// blake3 of each range, split across the available cores.
-pub fn hash_all(buf: &[u8], ranges: &[Range<usize>]) -> Vec<Hash> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 || ranges.len() < 2 {
-        return ranges.iter().map(|r| Hash::of(&buf[r.clone()])).collect();
-    }
-    let per = ranges.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = ranges
-            .chunks(per)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|r| Hash::of(&buf[r.clone()]))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
 }
 
 #[cfg(test)]
@@ -280,9 +253,8 @@ mod tests {
                 Some(len as u64),
                 &ChunkerParams::default(),
                 |(buf, cs)| {
-                    for (id, r) in cs {
-                        assert_eq!(Hash::of(&buf[r.clone()]), id);
-                        blocks.push((id, r.len()));
+                    for r in cs {
+                        blocks.push((Hash::of(&buf[r.clone()]), r.len()));
                     }
                     Ok(())
                 },

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::announce::{self, valid_name, Announcement, SignedAnnouncement};
 use crate::chunk::{self, Block, ChunkerParams};
+use crate::hash::Hash;
 use crate::keys::MasterKey;
 use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestError};
 use crate::store::{Store, StoreError};
@@ -182,13 +183,19 @@ fn ingest(
     // Two windows queued at most: memory stays flat whatever the data size.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Block>(2);
     std::thread::scope(|s| {
-        let writer = s.spawn(move || -> Result<u64, StoreError> {
+        // The writer hashes too: cutting (reader) and hashing plus writing
+        // (writer) then run on separate cores.
+        let writer = s.spawn(move || -> Result<(u64, Vec<Hash>), StoreError> {
             let mut batch = store.batch();
             let mut since = (0u64, 0usize);
-            for (buf, chunks) in rx {
-                for (id, r) in chunks {
+            let mut ids = Vec::new();
+            for (buf, ranges) in rx {
+                for r in ranges {
                     let len = r.len() as u64;
-                    if batch.add(&id, &buf[r])? {
+                    let data = &buf[r];
+                    let id = Hash::of(data);
+                    ids.push(id);
+                    if batch.add(&id, data)? {
                         since.0 += len;
                         since.1 += 1;
                     }
@@ -199,7 +206,7 @@ fn ingest(
                 }
             }
             batch.commit()?;
-            Ok(batch.new_bytes())
+            Ok((batch.new_bytes(), ids))
         });
         let read = read_files(src, entries, params, total, progress, &tx);
         drop(tx);
@@ -207,8 +214,20 @@ fn ingest(
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         // A store error stops the reader too; report the store's cause first.
-        let new_bytes = written?;
+        let (new_bytes, ids) = written?;
         let (files, bytes) = read?;
+        // Blocks went out in entry order, so the ids come back in that order.
+        let mut ids = ids.into_iter();
+        for e in entries.iter_mut() {
+            if let EntryKind::File { chunks, .. } = &mut e.kind {
+                for c in chunks.iter_mut() {
+                    c.id = ids.next().ok_or_else(|| StoreError::Io {
+                        context: "publish".into(),
+                        source: io::Error::other("fewer chunk ids than chunks"),
+                    })?;
+                }
+            }
+        }
         Ok((files, bytes, new_bytes))
     })
 }
@@ -242,18 +261,15 @@ fn read_files(
             return Ok(());
         }
         let (buf, list) = std::mem::take(small);
-        let ranges: Vec<Range<usize>> = list.iter().map(|(_, r)| r.clone()).collect();
-        let ids = chunk::hash_all(&buf, &ranges);
-        for ((i, r), id) in list.iter().zip(&ids) {
-            if let EntryKind::File { chunks, .. } = &mut entries[*i].kind {
-                chunks.push(ChunkRef {
-                    id: *id,
-                    len: r.len() as u32,
-                });
+        let mut ranges = Vec::with_capacity(list.len());
+        for (i, r) in list {
+            if let EntryKind::File { chunks, .. } = &mut entries[i].kind {
+                chunks.push(placeholder(r.len()));
             }
+            ranges.push(r);
         }
         small.0 = Vec::with_capacity(SMALL_BLOCK);
-        send((Arc::new(buf), ids.into_iter().zip(ranges).collect()))
+        send((Arc::new(buf), ranges))
     };
     for i in 0..entries.len() {
         let EntryKind::File { size, .. } = entries[i].kind else {
@@ -283,16 +299,15 @@ fn read_files(
                     flush_small(&mut small, entries).map_err(read_err)?;
                 }
             } else {
-                // It grew since the scan: cut it like a large file.
+                // It grew since the scan: cut it like a large file, after
+                // the small files before it (ids come back in send order).
                 let head = small.0.split_off(start);
+                flush_small(&mut small, entries).map_err(read_err)?;
                 let EntryKind::File { chunks, .. } = &mut entries[i].kind else {
                     continue;
                 };
                 chunk::for_each_block(io::Cursor::new(head).chain(f), None, params, |(buf, cs)| {
-                    chunks.extend(cs.iter().map(|(id, r)| ChunkRef {
-                        id: *id,
-                        len: r.len() as u32,
-                    }));
+                    chunks.extend(cs.iter().map(|r| placeholder(r.len())));
                     actual += buf.len() as u64;
                     done += buf.len() as u64;
                     progress(done, total.max(done));
@@ -301,14 +316,13 @@ fn read_files(
                 .map_err(read_err)?;
             }
         } else {
+            // Small files before this one go first: ids come back in send order.
+            flush_small(&mut small, entries).map_err(read_err)?;
             let EntryKind::File { chunks, .. } = &mut entries[i].kind else {
                 continue;
             };
             chunk::for_each_block(f, Some(size), params, |(buf, cs)| {
-                chunks.extend(cs.iter().map(|(id, r)| ChunkRef {
-                    id: *id,
-                    len: r.len() as u32,
-                }));
+                chunks.extend(cs.iter().map(|r| placeholder(r.len())));
                 actual += buf.len() as u64;
                 done += buf.len() as u64;
                 progress(done, total.max(done));
@@ -328,6 +342,14 @@ fn read_files(
         source,
     })?;
     Ok((files, bytes))
+}
+
+/// A chunk reference whose id the writer thread fills in after hashing.
+fn placeholder(len: usize) -> ChunkRef {
+    ChunkRef {
+        id: Hash([0; 32]),
+        len: len as u32,
+    }
 }
 
 /// Lists a tree as manifest entries (files with their scanned size and no
