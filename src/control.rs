@@ -109,20 +109,25 @@ pub(crate) fn serve(
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let conn = tokio::select! {
-                c = listener.accept() => c,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            match conn {
-                Ok((stream, _)) => {
-                    tokio::spawn(handle(node.clone(), stream));
+    Ok(tokio::spawn(tracing::Instrument::in_current_span(
+        async move {
+            loop {
+                let conn = tokio::select! {
+                    c = listener.accept() => c,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                match conn {
+                    Ok((stream, _)) => {
+                        tokio::spawn(tracing::Instrument::in_current_span(handle(
+                            node.clone(),
+                            stream,
+                        )));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
                 }
-                Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
             }
-        }
-    }))
+        },
+    )))
 }
 
 async fn handle(node: Arc<Node>, stream: tokio::net::UnixStream) {

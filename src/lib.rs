@@ -17,6 +17,7 @@
 //! - [`control`]: the local control socket the CLI uses to reach a running node.
 //! - [`config`]: the node's TOML configuration.
 //! - [`demo`]: sample trees and tree comparison for the demo and tests.
+//! - [`task`]: blocking work off the async threads; poison-tolerant locks.
 #![deny(missing_docs)]
 
 pub mod announce;
@@ -33,3 +34,4 @@ pub mod node;
 pub mod publish;
 pub mod store;
 pub mod sync;
+pub mod task;

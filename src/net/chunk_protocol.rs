@@ -27,8 +27,8 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol name negotiated for chunk streams.
 pub const PROTOCOL_NAME: &str = "/peermirror/chunk/1";
-/// Largest chunk body accepted or sent.
-pub const MAX_CHUNK_LEN: usize = 8 * 1024 * 1024;
+/// Largest chunk body accepted or sent: the chunker's own bound.
+pub const MAX_CHUNK_LEN: usize = crate::chunk::MAX_CHUNK_LEN as usize;
 /// Largest number of ids in one `Have` request.
 pub const MAX_HAVE_IDS: usize = 65_536;
 

@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     io,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -24,6 +24,7 @@ use super::{
     chunk_protocol::{self, Request, Response, MAX_CHUNK_LEN},
     ChunkProvider, NetError,
 };
+use crate::task::lock;
 
 /// Requests in flight to one peer at once; further callers wait.
 const MAX_IN_FLIGHT_PER_PEER: usize = 32;
@@ -40,12 +41,6 @@ const MAX_RETRIES: usize = 2;
 
 fn protocol() -> StreamProtocol {
     StreamProtocol::new(chunk_protocol::PROTOCOL_NAME)
-}
-
-/// Locks a mutex, recovering the data if another thread panicked while
-/// holding it (the pool's maps stay consistent at every step).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Per-peer state of the client side.
@@ -225,7 +220,11 @@ async fn exchange(stream: &mut Stream, req: &Request) -> io::Result<Response> {
 pub(crate) async fn serve(mut incoming: IncomingStreams, provider: Arc<dyn ChunkProvider>) {
     while let Some((peer, stream)) = incoming.next().await {
         // Hand off at once: streams arriving while this loop is busy are dropped.
-        tokio::spawn(serve_stream(peer, stream, provider.clone()));
+        tokio::spawn(tracing::Instrument::in_current_span(serve_stream(
+            peer,
+            stream,
+            provider.clone(),
+        )));
     }
 }
 

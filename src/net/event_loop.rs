@@ -121,10 +121,12 @@ impl EventLoop {
     /// dials the bootstrap peers, then serves swarm events and commands.
     /// Dropping out of this function closes every connection.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
-        let server = self
-            .incoming
-            .take()
-            .map(|incoming| tokio::spawn(chunk_service::serve(incoming, self.provider.clone())));
+        let server = self.incoming.take().map(|incoming| {
+            tokio::spawn(tracing::Instrument::in_current_span(chunk_service::serve(
+                incoming,
+                self.provider.clone(),
+            )))
+        });
         for addr in std::mem::take(&mut self.bootstrap) {
             if let Err(e) = self.start_dial(addr.clone(), None) {
                 warn!(%addr, error = %e, "cannot dial bootstrap peer");

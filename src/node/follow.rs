@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::Inner;
+use super::{lock, Inner};
 use crate::gossip::GossipMessage;
 use crate::keys::CollectionId;
-use crate::sync::{self, blocking, Progress, SyncError};
+use crate::store::StoreError;
+use crate::sync::{self, Progress, SyncError};
+use crate::task::blocking;
 
 /// A follower's shared state.
 #[derive(Default)]
@@ -29,7 +31,7 @@ pub(crate) async fn run(
     c: CollectionId,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Some(me) = super::lock(&inner.followers).get(&c).cloned() else {
+    let Some(me) = lock(&inner.followers).get(&c).cloned() else {
         return;
     };
     loop {
@@ -55,7 +57,10 @@ pub(crate) async fn run(
 /// whether a version became current.
 async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool, SyncError> {
     let s = inner.store.clone();
-    let (latest, current) = blocking(move || Ok((s.latest(&c)?, s.current(&c)?))).await?;
+    let (latest, current) = blocking::<_, StoreError>("reading versions", move || {
+        Ok((s.latest(&c)?, s.current(&c)?))
+    })
+    .await?;
     let Some(target) = latest else {
         return Ok(false);
     };
@@ -85,7 +90,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     let s = inner.store.clone();
     let m = Arc::new(m);
     let m2 = m.clone();
-    let missing = blocking(move || s.missing_chunks(&m2)).await?;
+    let missing = blocking("listing missing chunks", move || s.missing_chunks(&m2)).await?;
     let total = m.total_bytes();
     let lacking: u64 = missing.iter().map(|c| c.len as u64).sum();
     me.progress.total_bytes.store(total, Ordering::Relaxed);
@@ -102,7 +107,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     .await?;
     let s = inner.store.clone();
     let keep = inner.keep;
-    blocking(move || {
+    blocking::<_, StoreError>("making the version current", move || {
         s.set_current(&c, v)?;
         s.gc(keep)?;
         Ok(())

@@ -21,6 +21,7 @@ use std::time::Duration;
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::announce::{self, AnnounceError, SignedAnnouncement};
 use crate::gossip::GossipMessage;
@@ -28,6 +29,7 @@ use crate::keys::{CollectionId, MasterKey};
 use crate::net::{self, Event, NetConfig, Verdict};
 use crate::publish::{self, PublishError, PublishOptions, PublishReport};
 use crate::store::{Store, StoreError};
+pub(crate) use crate::task::{blocking, lock};
 use follow::Follower;
 pub use provider::StoreProvider;
 pub use status::{CollectionStatus, NodeStatus, PeerStatus};
@@ -94,6 +96,9 @@ pub enum NodeError {
         /// What went wrong.
         why: String,
     },
+    /// A background task panicked: a bug, not a disk fault.
+    #[error(transparent)]
+    Task(#[from] crate::task::TaskFailed),
     /// The control socket could not be served.
     #[error("control socket: {0}")]
     Control(std::io::Error),
@@ -108,6 +113,19 @@ pub(crate) struct Inner {
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) stopping: AtomicBool,
     pub(crate) data: PathBuf,
+    /// The span every task of this node runs in.
+    pub(crate) span: tracing::Span,
+}
+
+impl Inner {
+    /// Spawns a task of this node, inside its span.
+    pub(crate) fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(fut.instrument(self.span.clone()))
+    }
 }
 
 /// A running node. Dropping it without [`Node::shutdown`] stops its tasks abruptly.
@@ -120,8 +138,15 @@ pub struct Node {
 impl Node {
     /// Starts a node; must run inside a Tokio runtime.
     pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        // Every task of this node logs inside this span, so several nodes in
+        // one process (demo, tests) can be told apart and their logs kept apart.
+        let span = tracing::info_span!("node", data = %cfg.data.display());
         let data = cfg.data.clone();
-        let store = Arc::new(blocking("opening the store", move || Store::open(&data)).await?);
+        let store = Arc::new(
+            blocking("opening the store", move || Store::open(&data))
+                .instrument(span.clone())
+                .await?,
+        );
         let keypair = node_key(&cfg.data.join("node.key"))?;
         let bytes_up = Arc::new(AtomicU64::new(0));
         let provider = Arc::new(StoreProvider {
@@ -138,18 +163,15 @@ impl Node {
             followers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             data: cfg.data.clone(),
+            span,
         });
         let mut tasks = Vec::new();
         let mut stop = rx.clone();
-        tasks.push(tokio::spawn(event_loop.run(async move {
+        tasks.push(inner.spawn(event_loop.run(async move {
             let _ = stop.wait_for(|s| *s).await;
         })));
-        tasks.push(tokio::spawn(handle_events(
-            inner.clone(),
-            events,
-            rx.clone(),
-        )));
-        tasks.push(tokio::spawn(poll_latest(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(handle_events(inner.clone(), events, rx.clone())));
+        tasks.push(inner.spawn(poll_latest(inner.clone(), rx.clone())));
         let node = Arc::new(Node {
             inner: inner.clone(),
             shutdown,
@@ -163,6 +185,7 @@ impl Node {
             node.follow(c).await?;
         }
         if cfg.control {
+            let _in_span = node.inner.span.enter();
             let t = crate::control::serve(node.clone(), rx).map_err(NodeError::Control)?;
             lock(&node.tasks).push(t);
         }
@@ -200,7 +223,7 @@ impl Node {
         };
         if new {
             self.inner.client.subscribe(c.0).await?;
-            let t = tokio::spawn(follow::run(
+            let t = self.inner.spawn(follow::run(
                 self.inner.clone(),
                 c,
                 self.shutdown.subscribe(),
@@ -208,7 +231,7 @@ impl Node {
             lock(&self.tasks).push(t);
             // Ask the peers we already have.
             for p in self.inner.client.peers().await {
-                tokio::spawn(ask_latest(self.inner.clone(), p.peer_id));
+                self.inner.spawn(ask_latest(self.inner.clone(), p.peer_id));
             }
         }
         Ok(())
@@ -223,14 +246,10 @@ impl Node {
         opts: PublishOptions,
     ) -> Result<PublishReport, NodeError> {
         let store = self.inner.store.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            publish::publish(&store, &key, &src, &opts, &mut |_, _| {})
+        let report: PublishReport = blocking("publishing", move || {
+            publish::publish(&store, &key, &src, &opts, &mut |_, _| {}).map_err(NodeError::from)
         })
-        .await
-        .map_err(|e| StoreError::Io {
-            context: "publish task".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        .await?;
         let c = report.announcement.body.collection;
         self.follow(c).await?;
         let msg = GossipMessage::announce(&report.announcement).encode();
@@ -379,7 +398,7 @@ async fn handle_events(
                 inner.client.report(msg_id, source, verdict);
             }
             Event::PeerConnected(peer) => {
-                tokio::spawn(ask_latest(inner.clone(), peer));
+                inner.spawn(ask_latest(inner.clone(), peer));
             }
             Event::PeerDisconnected(_) => {}
         }
@@ -493,21 +512,4 @@ fn node_key(path: &Path) -> Result<Keypair, NodeError> {
         }
         Err(e) => Err(err(e.to_string())),
     }
-}
-
-/// Runs store work on the blocking pool (sled and file I/O block).
-async fn blocking<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Io {
-            context: what.to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

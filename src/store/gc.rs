@@ -29,7 +29,7 @@ impl Store {
     /// before it (plus any newer version still being fetched), and frees
     /// everything else. `keep` is at least 1.
     pub fn gc(&self, keep: usize) -> Result<GcReport> {
-        let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let _exclusive = crate::task::write(&self.gate);
         let keep = keep.max(1);
         let mut report = GcReport::default();
         let disk_before = self.disk_usage()?;

@@ -54,6 +54,9 @@ pub enum StoreError {
         /// The cause.
         source: io::Error,
     },
+    /// A background task doing store work panicked: a bug, not a disk fault.
+    #[error(transparent)]
+    Task(#[from] crate::task::TaskFailed),
     /// The index database failed.
     #[error("index database: {0}")]
     Db(#[from] sled::Error),
@@ -241,7 +244,7 @@ impl Store {
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             store: self,
-            _gate: self.gate.read().unwrap_or_else(|p| p.into_inner()),
+            _gate: crate::task::read(&self.gate),
             pending: HashMap::new(),
             new_bytes: 0,
         }
@@ -356,7 +359,7 @@ impl Store {
     pub fn accept_announcement(&self, a: &SignedAnnouncement) -> Result<()> {
         a.verify(announce::now())?;
         let id = a.body.collection;
-        let _one_writer = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_writer = crate::task::lock(&self.records);
         let mut rec = self.collection_record(&id)?.unwrap_or_default();
         a.check_newer(rec.accepted)?;
         self.versions
@@ -381,7 +384,7 @@ impl Store {
         if missing > 0 {
             return Err(StoreError::Incomplete { version, missing });
         }
-        let _one_writer = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_writer = crate::task::lock(&self.records);
         let mut rec = self.collection_record(id)?.unwrap_or_default();
         if rec.current.is_some_and(|c| c >= version) {
             return Ok(());

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::hash::Hash;
+use crate::task::lock;
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 16] = b"PEERMIRROR-SEG1\n";
@@ -275,11 +276,6 @@ impl Segments {
         out.sort();
         Ok(out)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind; keep going.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

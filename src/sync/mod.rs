@@ -24,6 +24,7 @@ use crate::hash::Hash;
 use crate::manifest::{ChunkRef, Manifest};
 use crate::net::{self, NetError};
 use crate::store::{Store, StoreError};
+pub(crate) use crate::task::blocking;
 use peers::Peers;
 
 /// Requests in flight to one peer.
@@ -78,9 +79,9 @@ pub async fn fetch_manifest(
 ) -> Result<Manifest, SyncError> {
     let id = a.manifest;
     let s = store.clone();
-    if blocking(move || s.has_manifest(&id)).await? {
+    if blocking("checking for the manifest", move || s.has_manifest(&id)).await? {
         let s = store.clone();
-        return blocking(move || s.manifest(&id)).await;
+        return Ok(blocking("reading the manifest", move || s.manifest(&id)).await?);
     }
     let mut tried = HashSet::new();
     loop {
@@ -118,23 +119,27 @@ pub async fn fetch_manifest(
         let missing = {
             let s = store.clone();
             let refs = refs.clone();
-            blocking(move || {
+            blocking("listing missing manifest chunks", move || {
                 let mut out = Vec::new();
                 for c in refs {
                     if !s.has_chunk(&c.id)? {
                         out.push(c);
                     }
                 }
-                Ok(out)
+                Ok::<_, StoreError>(out)
             })
             .await?
         };
         fetch_chunks(client, store, missing, progress, cancelled).await?;
         let s = store.clone();
         let size = a.manifest_size;
-        match blocking(move || s.assemble_manifest(&id, size, &refs)).await {
+        match blocking("assembling the manifest", move || {
+            s.assemble_manifest(&id, size, &refs)
+        })
+        .await
+        {
             Ok(m) => return Ok(m),
-            Err(SyncError::Store(StoreError::Manifest(e))) => {
+            Err(StoreError::Manifest(e)) => {
                 // Signed by the master yet invalid: no peer can fix that.
                 tracing::warn!(%peer, error = %e, "announced manifest is invalid");
                 return Err(StoreError::Manifest(e).into());
@@ -258,8 +263,8 @@ pub async fn fetch_chunks(
             work.push(Box::pin(async move {
                 let count = batch.len();
                 let bytes: u64 = batch.iter().map(|(_, d)| d.len() as u64).sum();
-                let r = blocking(move || s.put_chunks(&batch)).await;
-                Done::Written(r.map(|_| (count, bytes)))
+                let r = blocking("writing chunks", move || s.put_chunks(&batch)).await;
+                Done::Written(r.map(|_| (count, bytes)).map_err(SyncError::from))
             }) as Task);
         }
 
@@ -363,17 +368,4 @@ fn fetch(client: &net::Client, peer: PeerId, i: usize, id: Hash) -> Task {
         };
         Done::Chunk(peer, i, started, r)
     })
-}
-
-/// Runs store work on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, SyncError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => Ok(r?),
-        Err(e) => Err(SyncError::Store(StoreError::Io {
-            context: "store task".into(),
-            source: std::io::Error::other(e.to_string()),
-        })),
-    }
 }
