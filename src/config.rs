@@ -1,75 +1,302 @@
-//! The node's configuration file (TOML). Command-line flags and environment
-//! variables override what it says.
+//! The node's settings: one struct with a section per concern and every
+//! default in one place, read in layers with one rule for every command:
+//! flag > environment > file > default.
 //!
 //! ```toml
+//! follow = ["<collection id>"]
+//!
+//! [net]
 //! listen = ["/ip4/0.0.0.0/tcp/4100", "/ip4/0.0.0.0/udp/4100/quic-v1"]
 //! peers = ["/ip4/192.0.2.10/tcp/4100/p2p/12D3KooW..."]
-//! follow = ["<collection id>"]
 //! mdns = false
+//! kademlia = true
+//! idle_timeout_secs = 300
+//!
+//! [store]
 //! keep = 2
+//!
+//! [log]
+//! level = "warn"
 //! ```
+//!
+//! The file is `DATA/config.toml` unless `--config FILE` (or
+//! `PEERMIRROR_CONFIG`) names another. Environment variables are
+//! `PEERMIRROR_<SECTION>__<KEY>` (e.g. `PEERMIRROR_STORE__KEEP=3`), plus
+//! `PEERMIRROR_PEERS`, a comma-separated list for `net.peers`. Flags are
+//! passed in as a [`Layer`] by the command line. [`Settings::origin`] says
+//! which layer each value came from, for `peermirror config`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
 
-/// Settings of `peermirror run` and `peermirror sync`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// Every setting of a node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Collections to follow (ids), besides those the store already holds.
+    pub follow: Vec<String>,
+    /// Network.
+    pub net: NetSettings,
+    /// Store.
+    pub store: StoreSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[net]`: how the node listens, whom it dials, how it finds peers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetSettings {
     /// Listen addresses (multiaddrs).
     pub listen: Vec<String>,
-    /// Peers to dial at start (multiaddrs).
+    /// Peers to dial at start (multiaddrs). No built-in bootstrap list.
     pub peers: Vec<String>,
-    /// Collections to follow (ids).
-    pub follow: Vec<String>,
-    /// Find peers on the local network with mDNS.
+    /// Find peers on the local network with mDNS (off unless asked for).
     pub mdns: bool,
-    /// Versions kept per collection.
-    pub keep: usize,
-    /// Seconds an idle connection stays open.
+    /// Learn peers' peers through Kademlia.
+    pub kademlia: bool,
+    /// Seconds a connection with no stream stays open.
     pub idle_timeout_secs: u64,
 }
 
-impl Default for Config {
+impl Default for NetSettings {
     fn default() -> Self {
-        Config {
+        NetSettings {
             listen: vec![
                 "/ip4/0.0.0.0/tcp/4100".into(),
                 "/ip4/0.0.0.0/udp/4100/quic-v1".into(),
             ],
             peers: Vec::new(),
-            follow: Vec::new(),
             mdns: false,
-            keep: 2,
+            kademlia: true,
             idle_timeout_secs: 300,
         }
     }
 }
 
-/// A configuration file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Unreadable.
-    #[error("reading {0}: {1}")]
-    Read(PathBuf, std::io::Error),
-    /// Not valid TOML or unknown keys.
-    #[error("{0}: {1}")]
-    Parse(PathBuf, toml::de::Error),
+impl NetSettings {
+    /// [`Self::idle_timeout_secs`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
 }
 
-impl Config {
-    /// Reads `path`; a missing file at the default location is the defaults.
-    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_path_buf(), e))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
-                Ok(Config::default())
-            }
-            Err(e) => Err(ConfigError::Read(path.to_path_buf(), e)),
+/// `[store]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Versions kept per collection by gc (the current one and those before it).
+    pub keep: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings { keep: 2 }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter (`warn`, `peermirror=debug`, ...); `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        // Quiet by default; kad's "no known peers" is routine for a first node.
+        LogSettings {
+            level: "warn,libp2p_kad=error".into(),
         }
+    }
+}
+
+/// Settings that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A configuration file named explicitly is missing or unreadable.
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// A layer holds an unknown key or a value of the wrong type.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        // figment names the key and the layer it came from.
+        ConfigError::Invalid(e.to_string())
+    }
+}
+
+/// A named set of values (e.g. the command line's flags), one layer of [`Settings`].
+#[derive(Clone, Debug)]
+pub struct Layer {
+    name: String,
+    values: Dict,
+}
+
+impl Layer {
+    /// An empty layer called `name` (shown by `peermirror config`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Layer {
+            name: name.into(),
+            values: Dict::new(),
+        }
+    }
+
+    /// Sets a dotted key (`net.peers`) to a value.
+    pub fn set(mut self, key: &str, value: impl Serialize) -> Self {
+        let Ok(v) = Value::serialize(value) else {
+            return self;
+        };
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap_or(key);
+        let mut dict = &mut self.values;
+        for p in parts {
+            let entry = dict
+                .entry(p.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            let Value::Dict(_, inner) = entry else {
+                return self;
+            };
+            dict = inner;
+        }
+        dict.insert(last.to_string(), v);
+        self
+    }
+}
+
+impl Layer {
+    /// Every field of [`Config::default`].
+    fn defaults() -> Self {
+        let values = match Value::serialize(Config::default()) {
+            Ok(Value::Dict(_, d)) => d,
+            _ => Dict::new(),
+        };
+        Layer {
+            name: "default".into(),
+            values,
+        }
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
+}
+
+/// The effective settings, and where each came from.
+pub struct Settings {
+    /// The merged values.
+    pub config: Config,
+    figment: Figment,
+}
+
+/// Where the configuration file is looked for.
+pub fn default_file(data: &Path) -> PathBuf {
+    data.join("config.toml")
+}
+
+impl Settings {
+    /// Reads defaults (with `defaults` on top: a command's own defaults),
+    /// the file (`file`, or `DATA/config.toml` if it exists), the
+    /// environment, then `flags`.
+    pub fn load(
+        data: &Path,
+        file: Option<&Path>,
+        defaults: Layer,
+        flags: Layer,
+    ) -> Result<Settings, ConfigError> {
+        let path = match file {
+            Some(p) => {
+                // Named explicitly: it must exist.
+                std::fs::metadata(p).map_err(|e| ConfigError::Read(p.to_path_buf(), e))?;
+                p.to_path_buf()
+            }
+            None => default_file(data),
+        };
+        let mut figment = Figment::from(Layer::defaults()).merge(defaults);
+        // The default file is optional; one named explicitly was checked above.
+        if path.exists() {
+            figment = figment.merge(Toml::file_exact(&path));
+        }
+        let figment = figment
+            .merge(
+                Env::prefixed("PEERMIRROR_")
+                    .ignore(&["DATA", "CONFIG", "PEERS"])
+                    .split("__"),
+            )
+            .merge(peers_from_env())
+            .merge(flags);
+        let config = figment.extract()?;
+        Ok(Settings { config, figment })
+    }
+
+    /// Every setting as `(dotted key, value as TOML-like text, where it came from)`.
+    pub fn origin(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let effective = serde_json::to_value(&self.config).unwrap_or_default();
+        walk("", &effective, &mut |key, value| {
+            let from = self
+                .figment
+                .find_metadata(key)
+                .map(describe)
+                .unwrap_or_else(|| "default".into());
+            out.push((key.to_string(), value.to_string(), from));
+        });
+        out
+    }
+}
+
+/// `PEERMIRROR_PEERS=a,b`: the comma-separated form kept for convenience.
+fn peers_from_env() -> Layer {
+    let layer = Layer::new("environment variable PEERMIRROR_PEERS");
+    match std::env::var("PEERMIRROR_PEERS") {
+        Ok(v) if !v.trim().is_empty() => {
+            let peers: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            layer.set("net.peers", peers)
+        }
+        _ => layer,
+    }
+}
+
+fn describe(m: &Metadata) -> String {
+    match &m.source {
+        Some(figment::Source::File(p)) => format!("file {}", p.display()),
+        _ => m.name.to_string(),
+    }
+}
+
+fn walk(prefix: &str, v: &serde_json::Value, f: &mut dyn FnMut(&str, &serde_json::Value)) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&key, v, f);
+            }
+        }
+        _ => f(prefix, v),
     }
 }
 
@@ -77,19 +304,56 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn load(dir: &Path, flags: Layer) -> Result<Settings, ConfigError> {
+        Settings::load(dir, None, Layer::new("command default"), flags)
+    }
+
     #[test]
-    fn parses_and_defaults() {
-        let c: Config = toml::from_str("peers = [\"/ip4/127.0.0.1/tcp/1\"]\nkeep = 3\n").unwrap();
-        assert_eq!(c.peers.len(), 1);
-        assert_eq!(c.keep, 3);
-        assert_eq!(c.listen, Config::default().listen);
-        assert!(!c.mdns);
-        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    fn defaults_file_and_flags_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(
-            Config::load(&dir.path().join("none.toml"), false).unwrap(),
-            Config::default()
+        let s = load(dir.path(), Layer::new("flags")).unwrap();
+        assert_eq!(s.config, Config::default());
+        std::fs::write(
+            default_file(dir.path()),
+            "[net]\npeers = [\"/ip4/127.0.0.1/tcp/1\"]\n[store]\nkeep = 3\n",
+        )
+        .unwrap();
+        let s = load(dir.path(), Layer::new("flags")).unwrap();
+        assert_eq!(s.config.net.peers, vec!["/ip4/127.0.0.1/tcp/1"]);
+        assert_eq!(s.config.store.keep, 3);
+        assert_eq!(s.config.net.listen, NetSettings::default().listen);
+        let s = load(dir.path(), Layer::new("flag --keep").set("store.keep", 5)).unwrap();
+        assert_eq!(s.config.store.keep, 5);
+        let origin = s.origin();
+        let find = |k: &str| origin.iter().find(|(key, _, _)| key == k).unwrap().clone();
+        assert_eq!(find("store.keep").2, "flag --keep");
+        assert!(
+            find("net.peers").2.starts_with("file "),
+            "{:?}",
+            find("net.peers")
         );
-        assert!(Config::load(&dir.path().join("none.toml"), true).is_err());
+        assert_eq!(find("net.mdns").2, "default");
+        // A command's own default sits between the defaults and the file.
+        let s = Settings::load(
+            dir.path(),
+            None,
+            Layer::new("sync default").set("net.mdns", true),
+            Layer::new("flags"),
+        )
+        .unwrap();
+        assert!(s.config.net.mdns);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_named_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(default_file(dir.path()), "bogus = 1\n").unwrap();
+        let e = load(dir.path(), Layer::new("flags")).err().unwrap();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        std::fs::write(default_file(dir.path()), "[store]\nkeep = \"two\"\n").unwrap();
+        assert!(load(dir.path(), Layer::new("flags")).is_err());
+        let missing = dir.path().join("none.toml");
+        let e = Settings::load(dir.path(), Some(&missing), Layer::new("d"), Layer::new("f"));
+        assert!(matches!(e, Err(ConfigError::Read(..))));
     }
 }

@@ -7,13 +7,35 @@
 //!   malformed bytes make it reject the message (penalising the sender).
 //! - `Have`: "this node now holds version N complete", a hint that a peer's
 //!   have-map grew; it carries nothing to trust.
+//!
+//! A message of a kind this node does not know ([`GossipError::UnknownKind`])
+//! is ignored rather than rejected, so newer nodes can add kinds without
+//! older ones penalising them.
 
 use serde::{Deserialize, Serialize};
 
-use crate::announce::{AnnounceError, SignedAnnouncement};
+use crate::announce::SignedAnnouncement;
 
 /// Largest gossip message accepted (gossipsub's own limit is 64 KiB).
 pub const MAX_MESSAGE: usize = 8192;
+
+/// How many kinds of message this version knows (postcard variant indices
+/// 0..KINDS).
+const KINDS: u32 = 2;
+
+/// Gossip bytes that cannot be taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GossipError {
+    /// Larger than [`MAX_MESSAGE`].
+    #[error("{0} byte gossip message")]
+    Oversized(usize),
+    /// A kind added by a newer version.
+    #[error("gossip message of unknown kind {0}")]
+    UnknownKind(u32),
+    /// Not a canonical postcard `GossipMessage`.
+    #[error("malformed gossip message: {0}")]
+    Malformed(String),
+}
 
 /// One gossip message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,20 +59,22 @@ impl GossipMessage {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
-    /// Decodes, refusing oversized or malformed bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Self, AnnounceError> {
+    /// Decodes, refusing oversized, malformed or unknown bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, GossipError> {
         if bytes.len() > MAX_MESSAGE {
-            return Err(AnnounceError::Malformed(format!(
-                "{} byte gossip message",
-                bytes.len()
-            )));
+            return Err(GossipError::Oversized(bytes.len()));
+        }
+        // The variant index leads as a varint: look at it first, so a kind
+        // from a newer version is told apart from garbage.
+        let (kind, _) = postcard::take_from_bytes::<u32>(bytes)
+            .map_err(|e| GossipError::Malformed(e.to_string()))?;
+        if kind >= KINDS {
+            return Err(GossipError::UnknownKind(kind));
         }
         let m: GossipMessage =
-            postcard::from_bytes(bytes).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
+            postcard::from_bytes(bytes).map_err(|e| GossipError::Malformed(e.to_string()))?;
         if m.encode() != bytes {
-            return Err(AnnounceError::Malformed(
-                "not the canonical encoding".into(),
-            ));
+            return Err(GossipError::Malformed("not the canonical encoding".into()));
         }
         Ok(m)
     }
@@ -76,7 +100,18 @@ mod tests {
         ] {
             assert_eq!(GossipMessage::decode(&m.encode()).unwrap(), m);
         }
-        assert!(GossipMessage::decode(&[9, 9]).is_err());
+        assert_eq!(
+            GossipMessage::decode(&[9, 9]),
+            Err(GossipError::UnknownKind(9))
+        );
+        assert!(matches!(
+            GossipMessage::decode(&[1, 0xff]),
+            Err(GossipError::Malformed(_))
+        ));
+        assert!(matches!(
+            GossipMessage::decode(&[]),
+            Err(GossipError::Malformed(_))
+        ));
         let mut trailing = GossipMessage::Have {
             version: 1,
             holder: vec![],
@@ -84,6 +119,9 @@ mod tests {
         .encode();
         trailing.push(0);
         assert!(GossipMessage::decode(&trailing).is_err());
-        assert!(GossipMessage::decode(&vec![0; MAX_MESSAGE + 1]).is_err());
+        assert_eq!(
+            GossipMessage::decode(&vec![0; MAX_MESSAGE + 1]),
+            Err(GossipError::Oversized(MAX_MESSAGE + 1))
+        );
     }
 }

@@ -13,9 +13,12 @@
 //! - [`net`]: the libp2p swarm and wire protocols (chunks, have-maps, latest announcement).
 //! - [`gossip`]: messages on a collection's gossip topic.
 //! - [`sync`]: fetching a version's manifest and chunks from many peers at once.
-//! - [`node`]: a running node: store, network, followers and control socket together.
-//! - [`control`]: the local control socket the CLI uses to reach a running node.
-//! - [`config`]: the node's TOML configuration.
+//! - [`node`]: the one room that wires store, network, followers, admission and
+//!   the control socket into a running node; also runs commands on a store directly.
+//! - [`control`]: the commands the CLI sends (wire types, typed errors, status),
+//!   the interface both a running node and a directly opened store answer, and
+//!   the control-socket client.
+//! - [`config`]: every setting and default, read in layers (flag > env > file > default).
 //! - [`demo`]: sample trees and tree comparison for the demo and tests.
 //! - [`task`]: blocking work off the async threads; poison-tolerant locks.
 #![deny(missing_docs)]

@@ -13,12 +13,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::announce::{self, valid_name, Announcement, SignedAnnouncement};
+use crate::announce::{self, valid_name, AnnounceError, Announcement, SignedAnnouncement};
 use crate::chunk::{self, Block, ChunkerParams};
 use crate::hash::Hash;
 use crate::keys::MasterKey;
 use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestError};
-use crate::store::{Store, StoreError};
+use crate::store::{Recorded, Store, StoreError};
 
 /// Commit a batch once this many new bytes are written, so a killed publish
 /// loses little work.
@@ -71,6 +71,9 @@ pub enum PublishError {
         /// The cause.
         source: io::Error,
     },
+    /// The source is not a directory.
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
     /// A device, socket or FIFO in the tree.
     #[error("{0} is not a regular file, directory or symlink")]
     SpecialFile(PathBuf),
@@ -101,6 +104,9 @@ pub fn publish(
     opts: &PublishOptions,
     progress: Progress<'_>,
 ) -> Result<PublishReport, PublishError> {
+    if !src.is_dir() {
+        return Err(PublishError::NotADirectory(src.to_path_buf()));
+    }
     let name = match &opts.name {
         Some(n) => n.clone(),
         None => src
@@ -159,7 +165,9 @@ pub fn publish(
         expires_at: published_at.saturating_add(opts.valid_for.max(1)),
     }
     .sign(key);
-    store.accept_announcement(&announcement)?;
+    if let Recorded::NotNewer { accepted } = store.record_announcement(&announcement)? {
+        return Err(StoreError::Announce(AnnounceError::NotNewer { version, accepted }).into());
+    }
     store.set_current(&collection, version)?;
     Ok(PublishReport {
         announcement,

@@ -1,4 +1,5 @@
-//! Subcommands. Each reports with context (anyhow) and picks the exit code.
+//! Subcommands. Each reports with context (anyhow); [`exit_code`] picks the
+//! exit code from the typed error underneath.
 
 mod node_cmds;
 mod output;
@@ -9,10 +10,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use peermirror::control::{self, Request, Response};
+use peermirror::config::{Layer, Settings};
+use peermirror::control::{self, Commands, ErrorKind, Request, Response};
 use peermirror::keys::MasterKey;
-use peermirror::publish::{self, PublishOptions};
-use peermirror::store::Store;
+use peermirror::node::LocalStore;
 
 /// A peer-to-peer mirror network for large files.
 #[derive(Parser, Debug)]
@@ -21,6 +22,10 @@ pub struct Cli {
     /// The node's data directory (store and settings).
     #[arg(long, global = true, env = "PEERMIRROR_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+
+    /// Configuration file (default: DATA/config.toml if it exists).
+    #[arg(long, global = true, env = "PEERMIRROR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -77,13 +82,26 @@ pub enum Command {
     },
     /// Drop versions beyond the newest N and the data only they used.
     Gc {
-        /// Versions to keep per collection (the current one and those before it).
-        #[arg(long, default_value_t = 2)]
-        keep: usize,
+        /// Versions to keep per collection (the current one and those
+        /// before it; default: the store.keep setting, 2).
+        #[arg(long)]
+        keep: Option<usize>,
     },
     /// List collections, versions and sizes (and, on a running node, sync
     /// progress and peers).
-    Status,
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective settings and where each came from.
+    Config {
+        #[command(flatten)]
+        net: node_cmds::NetArgs,
+        /// Collection id to follow (repeatable), as `run --follow`.
+        #[arg(long, value_name = "COLLECTION_ID")]
+        follow: Vec<String>,
+    },
     /// Run a node: serve what the store holds and follow collections.
     Run {
         #[command(flatten)]
@@ -114,9 +132,35 @@ pub enum Command {
     },
 }
 
+/// The data directory the command line names, or the default.
+pub fn data_dir(cli: &Cli) -> PathBuf {
+    cli.data.clone().unwrap_or_else(|| {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("peermirror")
+    })
+}
+
+/// The exit code for an error: from the first typed error in its chain.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    ErrorKind::of(e.as_ref()).exit_code()
+}
+
+/// Reads the settings for a command: defaults, `defaults` (the command's
+/// own), the file, the environment, then `flags`.
+pub fn settings(
+    cli_config: Option<&Path>,
+    data: &Path,
+    defaults: Layer,
+    flags: Layer,
+) -> Result<Settings> {
+    Settings::load(data, cli_config, defaults, flags).context("reading the settings")
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let data = cli.data.clone().unwrap_or_else(default_data_dir);
+    let data = data_dir(&cli);
+    let file = cli.config.as_deref();
     match cli.command {
         Command::Keygen { keyfile } => {
             let key = MasterKey::generate();
@@ -132,29 +176,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             valid_days,
             src,
         } => {
-            let valid_for = valid_days.saturating_mul(24 * 3600);
             let req = Request::Publish {
                 key: absolute(&key)?,
                 src: absolute(&src)?,
-                name: name.clone(),
-                version,
-                valid_for,
-            };
-            if let Some(resp) = remote(&data, &req)? {
-                let Response::Published(r) = resp else {
-                    bail!("unexpected answer from the node");
-                };
-                print_published(&r);
-                return Ok(ExitCode::SUCCESS);
-            }
-            let key = MasterKey::load(&key)?;
-            let store = open_store(&data)?;
-            let opts = PublishOptions {
                 name,
                 version,
-                valid_for,
+                valid_for: valid_days.saturating_mul(24 * 3600),
             };
-            cmd_publish(&store, &key, &src, &opts)?;
+            let bar = output::progress_bar("publishing");
+            let r = call(&data, req, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .with_context(|| format!("publishing {}", src.display()));
+            bar.finish_and_clear();
+            let Response::Published(r) = r? else {
+                bail!("unexpected answer");
+            };
+            output::published(&r);
         }
         Command::Export {
             collection,
@@ -163,139 +202,82 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             replace,
         } => {
             let req = Request::Export {
-                collection: collection.clone(),
+                collection,
                 dest: absolute(&dest)?,
                 version,
                 replace,
             };
-            let r = match remote(&data, &req)? {
-                Some(Response::Exported(r)) => r,
-                Some(_) => bail!("unexpected answer from the node"),
-                None => {
-                    let store = open_store(&data)?;
-                    let id = store
-                        .find_collection(&collection)?
-                        .with_context(|| format!("no collection {collection:?} in this store"))?;
-                    store
-                        .export(&id, version, &dest, replace)
-                        .with_context(|| format!("exporting to {}", dest.display()))?
-                }
+            let Response::Exported(r) = call(&data, req, &mut |_, _| {})? else {
+                bail!("unexpected answer");
             };
-            println!(
-                "exported version {} to {}: {} files, {} dirs, {} symlinks, {}",
-                r.version,
-                dest.display(),
-                r.files,
-                r.dirs,
-                r.symlinks,
-                output::bytes(r.bytes)
-            );
+            output::exported(&r, &dest);
         }
         Command::Verify { repair } => {
-            let r = match remote(&data, &Request::Verify { repair })? {
-                Some(Response::Verified(r)) => r,
-                Some(_) => bail!("unexpected answer from the node"),
-                None => open_store(&data)?.verify(repair)?,
+            let Response::Verified(r) = call(&data, Request::Verify { repair }, &mut |_, _| {})?
+            else {
+                bail!("unexpected answer");
             };
-            for p in &r.problems {
-                println!("{p}");
-            }
-            println!(
-                "verified {} chunks ({}) and {} versions: {} problems{}",
-                r.chunks_checked,
-                output::bytes(r.bytes_checked),
-                r.versions_checked,
-                r.problems.len(),
-                if repair {
-                    format!(", {} corrupt chunks dropped", r.repaired)
-                } else {
-                    String::new()
-                }
-            );
+            output::verified(&r, repair);
             if !r.problems.is_empty() {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(ErrorKind::Failed.exit_code()));
             }
         }
         Command::Gc { keep } => {
-            let r = match remote(&data, &Request::Gc { keep })? {
-                Some(Response::Collected(r)) => r,
-                Some(_) => bail!("unexpected answer from the node"),
-                None => open_store(&data)?.gc(keep)?,
+            let keep = match keep {
+                Some(k) => k,
+                None => {
+                    settings(file, &data, Layer::new("gc"), Layer::new("flags"))?
+                        .config
+                        .store
+                        .keep
+                }
             };
-            println!(
-                "gc: dropped {} versions, {} manifests, {} chunks; removed {} segment files; freed {}",
-                r.versions_dropped,
-                r.manifests_dropped,
-                r.chunks_dropped,
-                r.segments_removed,
-                output::bytes(r.bytes_freed)
-            );
+            let Response::Collected(r) = call(&data, Request::Gc { keep }, &mut |_, _| {})? else {
+                bail!("unexpected answer");
+            };
+            output::collected(&r);
         }
-        Command::Status => match remote(&data, &Request::Status)? {
-            Some(Response::Status(s)) => output::node_status(&s),
-            Some(_) => bail!("unexpected answer from the node"),
-            None => output::status(&open_store(&data)?)?,
-        },
-        Command::Run { net, follow } => node_cmds::run(&data, &net, follow)?,
+        Command::Status { json } => {
+            let Response::Status(s) = call(&data, Request::Status, &mut |_, _| {})? else {
+                bail!("unexpected answer");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                output::status(&s);
+            }
+        }
+        Command::Config { net, follow } => {
+            let s = node_cmds::settings_for(file, &data, &net, &follow, false)?;
+            output::settings(&s);
+        }
+        Command::Run { net, follow } => node_cmds::run(file, &data, &net, &follow)?,
         Command::Sync {
             collection,
             net,
             wait,
-        } => node_cmds::sync(&data, &net, &collection, wait)?,
+        } => node_cmds::sync(file, &data, &net, &collection, wait)?,
         Command::Demo { source, keep } => node_cmds::demo(source.as_deref(), keep)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("peermirror")
-}
-
-fn open_store(data: &Path) -> Result<Store> {
-    Store::open(data).with_context(|| format!("opening the store at {}", data.display()))
-}
-
-fn cmd_publish(
-    store: &Store,
-    key: &MasterKey,
-    src: &Path,
-    opts: &PublishOptions,
-) -> Result<publish::PublishReport> {
-    if !src.is_dir() {
-        bail!("{} is not a directory", src.display());
-    }
-    let bar = output::progress_bar("publishing");
-    let r = publish::publish(store, key, src, opts, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
-    .with_context(|| format!("publishing {}", src.display()))?;
-    bar.finish_and_clear();
-    print_published(&r);
-    Ok(r)
-}
-
-fn print_published(r: &publish::PublishReport) {
-    let a = &r.announcement.body;
-    println!(
-        "published {} version {}: {} files, {}, {} new stored (collection {})",
-        a.name,
-        a.version,
-        r.files,
-        output::bytes(r.bytes),
-        output::bytes(r.new_bytes),
-        a.collection
-    );
-}
-
-/// Sends a request to a node running on `data`; None when none runs.
-fn remote(data: &Path, req: &Request) -> Result<Option<Response>> {
-    match control::call(data, req).context("talking to the running node")? {
-        Some(Response::Error(e)) => bail!("{e}"),
-        other => Ok(other),
-    }
+/// Runs a command on the node running on `data`, or on the store opened
+/// directly when none runs: one code path for both.
+fn call(
+    data: &Path,
+    req: Request,
+    progress: control::Progress<'_>,
+) -> Result<Response, control::CommandError> {
+    let target: Box<dyn Commands> = match control::Client::connect(data) {
+        Some(node) => Box::new(node),
+        None => Box::new(LocalStore::open(data).map_err(|e| {
+            let mut c = control::CommandError::from_error(&e);
+            c.message = format!("opening the store at {}: {}", data.display(), c.message);
+            c
+        })?),
+    };
+    target.call(req, progress)
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

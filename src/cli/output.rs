@@ -1,9 +1,13 @@
-//! Human output: byte sizes, progress bars, the status table.
+//! Human output: byte sizes, progress bars, command reports, the status table.
 
-use anyhow::Result;
+use std::path::Path;
+
 use indicatif::{ProgressBar, ProgressStyle};
 
-use peermirror::store::Store;
+use peermirror::config::Settings;
+use peermirror::control::Status;
+use peermirror::publish::PublishReport;
+use peermirror::store::{ExportReport, GcReport, VerifyReport};
 
 /// `1.5 GiB`-style sizes.
 pub fn bytes(n: u64) -> String {
@@ -24,74 +28,138 @@ pub fn progress_bar(what: &str) -> ProgressBar {
     bar
 }
 
-/// Prints collections, versions and store totals.
-pub fn status(store: &Store) -> Result<()> {
-    let cols = store.collections()?;
-    if cols.is_empty() {
-        println!("no collections in {}", store.root().display());
+/// `publish`'s one line.
+pub fn published(r: &PublishReport) {
+    let a = &r.announcement.body;
+    println!(
+        "published {} version {}: {} files, {}, {} new stored (collection {})",
+        a.name,
+        a.version,
+        r.files,
+        bytes(r.bytes),
+        bytes(r.new_bytes),
+        a.collection
+    );
+}
+
+/// `export`'s one line.
+pub fn exported(r: &ExportReport, dest: &Path) {
+    println!(
+        "exported version {} to {}: {} files, {} dirs, {} symlinks, {}",
+        r.version,
+        dest.display(),
+        r.files,
+        r.dirs,
+        r.symlinks,
+        bytes(r.bytes)
+    );
+}
+
+/// `verify`'s problems and summary.
+pub fn verified(r: &VerifyReport, repair: bool) {
+    for p in &r.problems {
+        println!("{p}");
     }
-    for c in cols {
+    println!(
+        "verified {} chunks ({}) and {} versions: {} problems{}",
+        r.chunks_checked,
+        bytes(r.bytes_checked),
+        r.versions_checked,
+        r.problems.len(),
+        if repair {
+            format!(", {} corrupt chunks dropped", r.repaired)
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// `gc`'s one line.
+pub fn collected(r: &GcReport) {
+    println!(
+        "gc: dropped {} versions, {} manifests, {} chunks; removed {} segment files; freed {}",
+        r.versions_dropped,
+        r.manifests_dropped,
+        r.chunks_dropped,
+        r.segments_removed,
+        bytes(r.bytes_freed)
+    );
+}
+
+/// The status table, for a running node or a store opened directly.
+pub fn status(s: &Status) {
+    if let Some(n) = &s.node {
+        println!("node {} (running)", n.peer_id);
+        for a in &n.listen {
+            println!("  listening on {a}");
+        }
+        println!(
+            "  sent {}, received {}",
+            bytes(n.bytes_up),
+            bytes(n.bytes_down)
+        );
+    }
+    if s.collections.is_empty() {
+        println!("no collections in {}", s.data);
+    }
+    for c in &s.collections {
         println!("{} ({})", c.name, c.id);
         match &c.current {
-            Some(a) => println!(
+            Some(v) => println!(
                 "  current: version {} ({} files, {}, published {})",
-                a.body.version,
-                a.body.files,
-                bytes(a.body.total_bytes),
-                a.body.published_at
+                v.version,
+                v.files,
+                bytes(v.bytes),
+                v.published_at
             ),
             None => println!("  current: none"),
         }
-        if let Some(acc) = c.accepted {
-            if c.current.as_ref().map(|a| a.body.version) != Some(acc) {
-                println!("  in progress: version {acc}");
-            }
-        }
-        let vs: Vec<String> = c.versions.iter().map(u64::to_string).collect();
-        println!("  versions held: {}", vs.join(", "));
-    }
-    let s = store.stats()?;
-    println!(
-        "store: {} chunks, {} of chunk data, {} on disk",
-        s.chunks,
-        bytes(s.chunk_bytes),
-        bytes(s.disk_bytes)
-    );
-    Ok(())
-}
-
-/// Prints a running node's state.
-pub fn node_status(s: &peermirror::node::NodeStatus) {
-    println!("node {} (running)", s.peer_id);
-    for a in &s.listen {
-        println!("  listening on {a}");
-    }
-    println!(
-        "  sent {}, received {}",
-        bytes(s.bytes_up),
-        bytes(s.bytes_down)
-    );
-    for c in &s.collections {
-        println!("{} ({})", c.name, c.id);
-        match c.current {
-            Some(v) => println!("  current: version {v}"),
-            None => println!("  current: none"),
-        }
-        if let Some(v) = c.in_progress {
-            println!(
+        match c.in_progress {
+            Some(v) => println!(
                 "  in progress: version {v}, {:.1}% ({} of {})",
                 c.percent(),
                 bytes(c.done_bytes),
                 bytes(c.total_bytes)
-            );
+            ),
+            None => {
+                if let Some(acc) = c.accepted {
+                    if c.current.as_ref().map(|v| v.version) != Some(acc) {
+                        println!("  in progress: version {acc}");
+                    }
+                }
+            }
         }
         let vs: Vec<String> = c.versions.iter().map(u64::to_string).collect();
         println!("  versions held: {}", vs.join(", "));
-        println!("  received from peers: {}", bytes(c.bytes_down));
+        if s.node.is_some() {
+            println!("  received from peers: {}", bytes(c.bytes_down));
+        }
     }
-    println!("peers: {}", s.peers.len());
-    for p in &s.peers {
-        let rtt = p.rtt_ms.map_or("?".to_string(), |r| format!("{r:.2} ms"));
-        println!("  {} rtt {} {}", p.id, rtt, p.addrs.join(" "));
+    println!(
+        "store: {} chunks, {} of chunk data, {} on disk",
+        s.store.chunks,
+        bytes(s.store.chunk_bytes),
+        bytes(s.store.disk_bytes)
+    );
+    if let Some(n) = &s.node {
+        println!("peers: {}", n.peers.len());
+        for p in &n.peers {
+            let rtt = p.rtt_ms.map_or("?".to_string(), |r| format!("{r:.2} ms"));
+            println!("  {} rtt {} {}", p.id, rtt, p.addrs.join(" "));
+        }
+    }
+}
+
+/// `config`: every setting, its value and where it came from.
+pub fn settings(s: &Settings) {
+    let rows = s.origin();
+    let width = rows
+        .iter()
+        .map(|(k, v, _)| k.len() + v.len() + 3)
+        .max()
+        .unwrap_or(0);
+    for (k, v, from) in rows {
+        let kv = format!("{k} = {v}");
+        println!("{kv:<width$}  # {from}");
     }
 }

@@ -1,41 +1,48 @@
-//! A running node: the store, the network and the followers wired together.
+//! A running node: the one place where the store, the network, the
+//! followers and the control socket are wired together.
 //!
-//! [`Node::start`] opens the store, builds the libp2p swarm (see [`crate::net`])
-//! and spawns: the swarm's event loop; a task that validates gossip and asks
-//! newly connected peers for the latest announcement of each followed
-//! collection; one follower per collection, which fetches each newer version
-//! and makes it current when complete; a poller that asks every peer for the
-//! latest announcements every 30 seconds (a backup for missed gossip); and
-//! the local control socket ([`crate::control`]).
+//! [`Node::start`] opens the store, builds the libp2p swarm (see
+//! [`crate::net`]) and spawns: the swarm's event loop; a task that admits
+//! gossip ([`admission`]) and greets newly connected peers; one follower per
+//! collection ([`follow`]), which fetches each newer version and makes it
+//! current when complete; a poller that asks every peer for the latest
+//! announcements every 30 seconds ([`latest`], a backup for missed gossip);
+//! and the control socket ([`control_server`]). It stops when the shutdown
+//! future it was given resolves, or on [`Node::shutdown`].
 
+pub mod admission;
+mod control_server;
 mod follow;
+mod latest;
+mod local;
 mod provider;
-mod status;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::announce::{self, AnnounceError, SignedAnnouncement};
+use crate::announce::SignedAnnouncement;
+use crate::config::{Config, ConfigError};
+use crate::control::status::{NodeInfo, PeerStatus, Status};
+use crate::control::{CommandError, Request, Response};
 use crate::gossip::GossipMessage;
-use crate::keys::{CollectionId, MasterKey};
-use crate::net::{self, Event, NetConfig, Verdict};
-use crate::publish::{self, PublishError, PublishOptions, PublishReport};
+use crate::keys::{CollectionId, KeyError, MasterKey};
+use crate::net::{self, Event, NetConfig};
+use crate::publish::{PublishError, PublishOptions, PublishReport};
 use crate::store::{Store, StoreError};
 pub(crate) use crate::task::{blocking, lock};
+pub use admission::Admission;
 use follow::Follower;
+pub use local::LocalStore;
 pub use provider::StoreProvider;
-pub use status::{CollectionStatus, NodeStatus, PeerStatus};
-
-/// How often every peer is asked for the latest announcements.
-const POLL: Duration = Duration::from_secs(30);
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -53,9 +60,43 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A node on an ephemeral 127.0.0.1 TCP port without a control socket:
-    /// what the demo, tests and benchmarks run.
+    /// The node `cfg` describes, on `data`, with its control socket.
+    pub fn from_config(data: &Path, cfg: &Config) -> Result<NodeConfig, ConfigError> {
+        let addrs = |v: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
+            v.iter()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| ConfigError::Invalid(format!("not a multiaddr: {a}: {e}")))
+                })
+                .collect()
+        };
+        let follow = cfg
+            .follow
+            .iter()
+            .map(|c| {
+                c.parse::<CollectionId>()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NodeConfig {
+            data: data.to_path_buf(),
+            net: NetConfig {
+                listen: addrs(&cfg.net.listen)?,
+                bootstrap: addrs(&cfg.net.peers)?,
+                mdns: cfg.net.mdns,
+                kademlia: cfg.net.kademlia,
+                idle_timeout: cfg.net.idle_timeout(),
+            },
+            follow,
+            keep: cfg.store.keep,
+            control: true,
+        })
+    }
+
+    /// The default settings on an ephemeral 127.0.0.1 TCP port, without a
+    /// control socket: what the demo, tests and benchmarks run.
     pub fn loopback(data: PathBuf, peers: Vec<Multiaddr>, follow: Vec<CollectionId>) -> Self {
+        let d = Config::default();
         NodeConfig {
             data,
             net: NetConfig {
@@ -66,11 +107,11 @@ impl NodeConfig {
                     .with(libp2p::multiaddr::Protocol::Tcp(0))],
                 bootstrap: peers,
                 mdns: false,
-                kademlia: true,
-                idle_timeout: Duration::from_secs(60),
+                kademlia: d.net.kademlia,
+                idle_timeout: d.net.idle_timeout(),
             },
             follow,
-            keep: 2,
+            keep: d.store.keep,
             control: false,
         }
     }
@@ -88,6 +129,9 @@ pub enum NodeError {
     /// Publishing failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// A master key could not be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// The node key could not be read or written.
     #[error("node key {path}: {why}")]
     NodeKey {
@@ -112,7 +156,6 @@ pub(crate) struct Inner {
     pub(crate) bytes_up: Arc<AtomicU64>,
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) stopping: AtomicBool,
-    pub(crate) data: PathBuf,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
 }
@@ -121,40 +164,60 @@ impl Inner {
     /// Spawns a task of this node, inside its span.
     pub(crate) fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
     where
-        F: std::future::Future + Send + 'static,
+        F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         tokio::spawn(fut.instrument(self.span.clone()))
+    }
+
+    /// Whether `c` is followed here.
+    pub(crate) fn follows(&self, c: &CollectionId) -> bool {
+        lock(&self.followers).contains_key(c)
+    }
+
+    /// Wakes `c`'s follower, if any.
+    pub(crate) fn wake(&self, c: &CollectionId) {
+        if let Some(f) = lock(&self.followers).get(c) {
+            f.wake.notify_one();
+        }
     }
 }
 
 /// A running node. Dropping it without [`Node::shutdown`] stops its tasks abruptly.
 pub struct Node {
     inner: Arc<Inner>,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Node {
-    /// Starts a node; must run inside a Tokio runtime.
-    pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
+    /// Starts a node; must run inside a Tokio runtime. It stops when
+    /// `shutdown` resolves (pass `std::future::pending()` to stop it only
+    /// with [`Node::shutdown`]); [`Node::wait`] waits for that.
+    pub async fn start(
+        cfg: NodeConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Arc<Node>, NodeError> {
         // Every task of this node logs inside this span, so several nodes in
         // one process (demo, tests) can be told apart and their logs kept apart.
         let span = tracing::info_span!("node", data = %cfg.data.display());
         let data = cfg.data.clone();
-        let store = Arc::new(
-            blocking("opening the store", move || Store::open(&data))
-                .instrument(span.clone())
-                .await?,
-        );
+        let store: Store = blocking("opening the store", move || Store::open(&data))
+            .instrument(span.clone())
+            .await?;
+        let store = Arc::new(store);
         let keypair = node_key(&cfg.data.join("node.key"))?;
         let bytes_up = Arc::new(AtomicU64::new(0));
         let provider = Arc::new(StoreProvider {
             store: store.clone(),
             bytes_up: bytes_up.clone(),
         });
-        let (client, events, event_loop) = net::new(keypair, cfg.net.clone(), provider)?;
-        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let (client, events, event_loop) = {
+            let _in_span = span.enter();
+            net::new(keypair, cfg.net.clone(), provider)?
+        };
+        let (tx, rx) = watch::channel(false);
+        let tx = Arc::new(tx);
         let inner = Arc::new(Inner {
             store,
             client,
@@ -162,7 +225,6 @@ impl Node {
             bytes_up,
             followers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
-            data: cfg.data.clone(),
             span,
         });
         let mut tasks = Vec::new();
@@ -171,10 +233,18 @@ impl Node {
             let _ = stop.wait_for(|s| *s).await;
         })));
         tasks.push(inner.spawn(handle_events(inner.clone(), events, rx.clone())));
-        tasks.push(inner.spawn(poll_latest(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(latest::poll(inner.clone(), rx.clone())));
+        // The caller's shutdown future flips the same switch as shutdown().
+        let trigger = tx.clone();
+        inner.spawn(async move {
+            tokio::select! {
+                _ = shutdown => { let _ = trigger.send(true); }
+                _ = trigger.closed() => {}
+            }
+        });
         let node = Arc::new(Node {
             inner: inner.clone(),
-            shutdown,
+            shutdown: tx,
             tasks: Mutex::new(tasks),
         });
         let mut follow = cfg.follow.clone();
@@ -185,8 +255,7 @@ impl Node {
             node.follow(c).await?;
         }
         if cfg.control {
-            let _in_span = node.inner.span.enter();
-            let t = crate::control::serve(node.clone(), rx).map_err(NodeError::Control)?;
+            let t = control_server::serve(node.clone(), rx).map_err(NodeError::Control)?;
             lock(&node.tasks).push(t);
         }
         Ok(node)
@@ -231,10 +300,39 @@ impl Node {
             lock(&self.tasks).push(t);
             // Ask the peers we already have.
             for p in self.inner.client.peers().await {
-                self.inner.spawn(ask_latest(self.inner.clone(), p.peer_id));
+                self.inner
+                    .spawn(latest::ask_all(self.inner.clone(), p.peer_id));
             }
         }
         Ok(())
+    }
+
+    /// Runs a control command: the same code path as on a store opened
+    /// directly, plus announcing after a publish and the network's status.
+    pub async fn call(&self, req: Request) -> Result<Response, CommandError> {
+        let err = |e: &(dyn std::error::Error + 'static)| CommandError::from_error(e);
+        match req {
+            Request::Status => self
+                .status()
+                .await
+                .map(|s| Response::Status(Box::new(s)))
+                .map_err(|e| err(&e)),
+            req => {
+                let publishing = matches!(req, Request::Publish { .. });
+                let store = self.inner.store.clone();
+                let resp = blocking("control command", move || {
+                    local::run(&store, req, &mut |_, _| {})
+                        .map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                if publishing {
+                    if let Response::Published(r) = &resp {
+                        self.announce(&r.announcement).await.map_err(|e| err(&e))?;
+                    }
+                }
+                Ok(resp)
+            }
+        }
     }
 
     /// Publishes `src` as the next version of `key`'s collection and
@@ -247,45 +345,44 @@ impl Node {
     ) -> Result<PublishReport, NodeError> {
         let store = self.inner.store.clone();
         let report: PublishReport = blocking("publishing", move || {
-            publish::publish(&store, &key, &src, &opts, &mut |_, _| {}).map_err(NodeError::from)
+            crate::publish::publish(&store, &key, &src, &opts, &mut |_, _| {})
+                .map_err(NodeError::from)
         })
         .await?;
-        let c = report.announcement.body.collection;
-        self.follow(c).await?;
-        let msg = GossipMessage::announce(&report.announcement).encode();
-        self.inner.client.publish(c.0, msg).await?;
-        tracing::info!(collection = %c, version = report.announcement.body.version, "announced");
+        self.announce(&report.announcement).await?;
         Ok(report)
     }
 
-    /// A snapshot of the node's state.
-    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+    /// Follows a version's collection and announces the version.
+    async fn announce(&self, a: &SignedAnnouncement) -> Result<(), NodeError> {
+        let c = a.body.collection;
+        self.follow(c).await?;
+        let msg = GossipMessage::announce(a).encode();
+        self.inner.client.publish(c.0, msg).await?;
+        tracing::info!(collection = %c, version = a.body.version, "announced");
+        Ok(())
+    }
+
+    /// Admits an encoded announcement as if a peer had sent it: verified,
+    /// checked against what was accepted, recorded if newer.
+    pub async fn admit_announcement(&self, bytes: Vec<u8>) -> Admission {
+        latest::admit(&self.inner, &bytes, None).await
+    }
+
+    /// A snapshot of the store's and the node's state.
+    pub async fn status(&self) -> Result<Status, NodeError> {
         let s = self.inner.store.clone();
-        let cols = blocking("status", move || s.collections()).await?;
+        let mut status: Status = blocking("status", move || local::status(&s)).await?;
         let followers = lock(&self.inner.followers).clone();
-        let mut bytes_down = 0;
-        for f in followers.values() {
-            bytes_down += f.progress.bytes_down.load(Ordering::Relaxed);
+        for cs in &mut status.collections {
+            let Some(f) = cs.id.parse().ok().and_then(|c| followers.get(&c)) else {
+                continue;
+            };
+            cs.in_progress = Some(f.in_progress.load(Ordering::Relaxed)).filter(|v| *v > 0);
+            cs.done_bytes = f.progress.done_bytes.load(Ordering::Relaxed);
+            cs.total_bytes = f.progress.total_bytes.load(Ordering::Relaxed);
+            cs.bytes_down = f.progress.bytes_down.load(Ordering::Relaxed);
         }
-        let collections = cols
-            .into_iter()
-            .map(|c| {
-                let f = followers.get(&c.id);
-                let in_progress = f
-                    .map(|f| f.in_progress.load(Ordering::Relaxed))
-                    .filter(|v| *v > 0);
-                CollectionStatus {
-                    id: c.id.to_string(),
-                    name: c.name,
-                    current: c.current.map(|a| a.body.version),
-                    in_progress,
-                    done_bytes: f.map_or(0, |f| f.progress.done_bytes.load(Ordering::Relaxed)),
-                    total_bytes: f.map_or(0, |f| f.progress.total_bytes.load(Ordering::Relaxed)),
-                    versions: c.versions,
-                    bytes_down: f.map_or(0, |f| f.progress.bytes_down.load(Ordering::Relaxed)),
-                }
-            })
-            .collect();
         let peers = self
             .inner
             .client
@@ -298,7 +395,7 @@ impl Node {
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
             })
             .collect();
-        Ok(NodeStatus {
+        status.node = Some(NodeInfo {
             peer_id: self.peer_id().to_string(),
             listen: self
                 .listen_addrs()
@@ -306,11 +403,11 @@ impl Node {
                 .iter()
                 .map(|a| a.to_string())
                 .collect(),
-            bytes_up: self.inner.bytes_up.load(Ordering::Relaxed),
-            bytes_down,
-            collections,
+            bytes_up: self.bytes_up(),
+            bytes_down: self.bytes_down(),
             peers,
-        })
+        });
+        Ok(status)
     }
 
     /// Chunk bytes received from peers so far.
@@ -330,7 +427,7 @@ impl Node {
     /// any newer one; returns the newest version now known.
     pub async fn refresh_latest(&self, c: CollectionId) -> Option<u64> {
         for p in self.inner.client.peers().await {
-            ask_one(&self.inner, p.peer_id, c).await;
+            latest::ask_one(&self.inner, p.peer_id, c).await;
         }
         let s = self.inner.store.clone();
         blocking("reading the latest version", move || s.latest(&c))
@@ -339,7 +436,8 @@ impl Node {
             .map(|a| a.body.version)
     }
 
-    /// Waits until version `version` (or newer) of `c` is current.
+    /// Waits until version `version` (or newer) of `c` is current; `None`
+    /// if the node stops first.
     pub async fn wait_current(&self, c: CollectionId, version: u64) -> Option<SignedAnnouncement> {
         loop {
             if let Ok(Some(a)) = self.inner.store.current(&c) {
@@ -347,14 +445,22 @@ impl Node {
                     return Some(a);
                 }
             }
-            if self.inner.stopping.load(Ordering::Relaxed) {
+            if self.inner.stopping.load(Ordering::Relaxed) || *self.shutdown.borrow() {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Stops every task and waits for them (at most a few seconds).
+    /// Waits until the shutdown future resolves (or [`Node::shutdown`] is
+    /// called), then stops every task.
+    pub async fn wait(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+        self.shutdown().await;
+    }
+
+    /// Stops every task and waits for them (at most a few seconds each).
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
@@ -368,15 +474,15 @@ impl Node {
                 abort.abort();
             }
         }
-        let _ = std::fs::remove_file(crate::control::socket_path(&self.inner.data));
+        let _ = std::fs::remove_file(crate::control::socket_path(self.inner.store.root()));
     }
 }
 
-/// Validates gossip and greets new peers.
+/// Admits gossip and greets new peers.
 async fn handle_events(
     inner: Arc<Inner>,
     mut events: mpsc::Receiver<Event>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let ev = tokio::select! {
@@ -391,98 +497,35 @@ async fn handle_events(
                 source,
                 data,
             } => {
-                let verdict = on_gossip(&inner, CollectionId(collection), &data).await;
-                if verdict == Verdict::Reject {
-                    tracing::warn!(peer = %source, "rejected invalid gossip message");
+                let topic = CollectionId(collection);
+                let i = inner.clone();
+                let admission = blocking("admitting gossip", move || {
+                    Ok::<_, crate::task::TaskFailed>(admission::gossip(
+                        &i.store,
+                        &|c| i.follows(c),
+                        topic,
+                        &data,
+                        crate::announce::now(),
+                    ))
+                })
+                .await;
+                let admission = match admission {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gossip admission failed");
+                        continue;
+                    }
+                };
+                latest::log(&admission, &source);
+                if let Admission::Accept(a) = &admission {
+                    inner.wake(&a.collection());
                 }
-                inner.client.report(msg_id, source, verdict);
+                inner.client.report(msg_id, source, admission.verdict());
             }
             Event::PeerConnected(peer) => {
-                inner.spawn(ask_latest(inner.clone(), peer));
+                inner.spawn(latest::ask_all(inner.clone(), peer));
             }
             Event::PeerDisconnected(_) => {}
-        }
-    }
-}
-
-async fn on_gossip(inner: &Arc<Inner>, topic: CollectionId, data: &[u8]) -> Verdict {
-    match GossipMessage::decode(data) {
-        Err(_) => Verdict::Reject,
-        Ok(GossipMessage::Have { .. }) => {
-            wake(inner, &topic);
-            Verdict::Accept
-        }
-        Ok(GossipMessage::Announce(bytes)) => match accept(inner, &bytes, Some(topic)).await {
-            Ok(_) => Verdict::Accept,
-            // Signed, but sent on another collection's topic.
-            Err(StoreError::UnknownCollection(_)) => Verdict::Reject,
-            Err(StoreError::Announce(AnnounceError::NotNewer { .. })) => Verdict::Ignore,
-            Err(StoreError::Announce(AnnounceError::Expired { .. })) => Verdict::Ignore,
-            Err(StoreError::Announce(_)) => Verdict::Reject,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record an announcement");
-                Verdict::Ignore
-            }
-        },
-    }
-}
-
-/// Verifies and records an announcement of a followed collection (the
-/// topic's own, when it came over gossip), waking its follower.
-async fn accept(
-    inner: &Arc<Inner>,
-    bytes: &[u8],
-    topic: Option<CollectionId>,
-) -> Result<CollectionId, StoreError> {
-    let a = SignedAnnouncement::decode(bytes, announce::now())?;
-    let c = a.body.collection;
-    if topic.is_some_and(|t| t != c) || !lock(&inner.followers).contains_key(&c) {
-        // Not followed here: valid, but nothing to do.
-        return Err(StoreError::UnknownCollection(c));
-    }
-    let store = inner.store.clone();
-    blocking("recording an announcement", move || {
-        store.accept_announcement(&a)
-    })
-    .await?;
-    tracing::info!(collection = %c, "accepted a new announcement");
-    wake(inner, &c);
-    Ok(c)
-}
-
-fn wake(inner: &Inner, c: &CollectionId) {
-    if let Some(f) = lock(&inner.followers).get(c) {
-        f.wake.notify_one();
-    }
-}
-
-/// Asks one peer for the latest announcement of every followed collection.
-async fn ask_latest(inner: Arc<Inner>, peer: PeerId) {
-    let cols: Vec<CollectionId> = lock(&inner.followers).keys().copied().collect();
-    for c in cols {
-        ask_one(&inner, peer, c).await;
-    }
-}
-
-async fn ask_one(inner: &Arc<Inner>, peer: PeerId, c: CollectionId) {
-    match inner.client.request_latest(peer, c.0).await {
-        Ok(Some(bytes)) => match accept(inner, &bytes, Some(c)).await {
-            Ok(_) | Err(StoreError::Announce(AnnounceError::NotNewer { .. })) => {}
-            Err(e) => tracing::debug!(%peer, error = %e, "latest announcement not taken"),
-        },
-        Ok(None) => {}
-        Err(e) => tracing::debug!(%peer, error = %e, "latest-announcement request failed"),
-    }
-}
-
-async fn poll_latest(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        for p in inner.client.peers().await {
-            ask_latest(inner.clone(), p.peer_id).await;
         }
     }
 }

@@ -28,7 +28,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::announce::{self, AnnounceError, SignedAnnouncement};
+use crate::announce::{AnnounceError, SignedAnnouncement};
 use crate::hash::Hash;
 use crate::keys::CollectionId;
 use crate::manifest::{ChunkRef, Manifest, ManifestError};
@@ -100,6 +100,18 @@ pub enum StoreError {
     /// An export destination that would be overwritten without being asked to.
     #[error("{0} exists and is not empty (pass --replace to swap it atomically)")]
     DestinationNotEmpty(PathBuf),
+}
+
+/// What [`Store::record_announcement`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded as the newest accepted version.
+    New,
+    /// Not newer than the version already accepted: nothing written.
+    NotNewer {
+        /// The newest version accepted before.
+        accepted: u64,
+    },
 }
 
 /// Shorthand for store results.
@@ -354,14 +366,17 @@ impl Store {
         Ok(())
     }
 
-    /// Verifies an announcement and records it if it is newer than every
-    /// version accepted before; replays and rollbacks are refused.
-    pub fn accept_announcement(&self, a: &SignedAnnouncement) -> Result<()> {
-        a.verify(announce::now())?;
+    /// Records an announcement that the caller has verified (the node's
+    /// admission, or publish, which signed it) if it is newer than every
+    /// version accepted before. The check and the write happen under one
+    /// lock, so two racing announcements cannot roll a collection back.
+    pub fn record_announcement(&self, a: &SignedAnnouncement) -> Result<Recorded> {
         let id = a.body.collection;
         let _one_writer = crate::task::lock(&self.records);
         let mut rec = self.collection_record(&id)?.unwrap_or_default();
-        a.check_newer(rec.accepted)?;
+        if let Some(accepted) = rec.accepted.filter(|&v| a.body.version <= v) {
+            return Ok(Recorded::NotNewer { accepted });
+        }
         self.versions
             .insert(version_key(&id, a.body.version), a.encode())?;
         rec.accepted = Some(a.body.version);
@@ -370,7 +385,7 @@ impl Store {
         }
         self.put_collection_record(&id, &rec)?;
         self.db.flush()?;
-        Ok(())
+        Ok(Recorded::New)
     }
 
     /// Makes an accepted version current, in one atomic step, once its

@@ -19,9 +19,12 @@ async fn start(
     peers: Vec<Multiaddr>,
     follow: Vec<CollectionId>,
 ) -> (Arc<Node>, Vec<Multiaddr>) {
-    let n = Node::start(NodeConfig::loopback(data, peers, follow))
-        .await
-        .unwrap();
+    let n = Node::start(
+        NodeConfig::loopback(data, peers, follow),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     let addrs = n.listen_addrs().await;
     assert!(!addrs.is_empty());
     (n, addrs)
@@ -195,10 +198,15 @@ async fn wrong_bytes_and_forged_announcements_are_refused() {
     liar.publish(c.0, msg).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(m.store().latest(&c).unwrap().unwrap().body.version, v);
-    let err = m.store().accept_announcement(&forged).unwrap_err();
-    assert!(err.to_string().contains("signature"), "{err}");
+    let a = m.admit_announcement(forged.encode()).await;
+    assert!(
+        matches!(a, peermirror::node::Admission::Reject(ref why) if why.to_string().contains("signature")),
+        "{a:?}"
+    );
     let replay = m.store().current(&c).unwrap().unwrap();
-    assert!(m.store().accept_announcement(&replay).is_err());
+    let a = m.admit_announcement(replay.encode()).await;
+    assert!(matches!(a, peermirror::node::Admission::Ignore(_)), "{a:?}");
+    assert_eq!(m.store().latest(&c).unwrap().unwrap().body.version, v);
 
     liar_task.abort();
     master.shutdown().await;

@@ -1,0 +1,103 @@
+//! What `peermirror status` reports, the same shape whether a running node
+//! answers or the store is opened directly (then `node` is `None`).
+
+use serde::{Deserialize, Serialize};
+
+/// The state of a store and, if one runs on it, its node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// The data directory.
+    pub data: String,
+    /// The running node, if the status came from one.
+    pub node: Option<NodeInfo>,
+    /// Collections held or followed.
+    pub collections: Vec<CollectionStatus>,
+    /// Store totals.
+    pub store: StoreTotals,
+}
+
+/// A running node's network side.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Addresses it listens on.
+    pub listen: Vec<String>,
+    /// Chunk bytes sent to peers.
+    pub bytes_up: u64,
+    /// Chunk bytes received from peers (verified).
+    pub bytes_down: u64,
+    /// Connected peers.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Store totals.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StoreTotals {
+    /// Chunks indexed.
+    pub chunks: u64,
+    /// Bytes of chunk bodies indexed.
+    pub chunk_bytes: u64,
+    /// Bytes the segment files occupy on disk.
+    pub disk_bytes: u64,
+}
+
+/// One collection.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CollectionStatus {
+    /// Collection id (hex).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The complete version served.
+    pub current: Option<VersionInfo>,
+    /// The newest version accepted (may still be fetched).
+    pub accepted: Option<u64>,
+    /// A newer version being fetched right now (running node only).
+    pub in_progress: Option<u64>,
+    /// Bytes of the in-progress version present.
+    pub done_bytes: u64,
+    /// Bytes of the in-progress version in total.
+    pub total_bytes: u64,
+    /// Versions held, oldest first.
+    pub versions: Vec<u64>,
+    /// Chunk bytes received from peers for this collection (running node only).
+    pub bytes_down: u64,
+}
+
+/// The current version of a collection.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: u64,
+    /// Files in it.
+    pub files: u64,
+    /// Bytes of its files.
+    pub bytes: u64,
+    /// When the master published it (epoch seconds).
+    pub published_at: u64,
+    /// When its announcement expires (epoch seconds).
+    pub expires_at: u64,
+}
+
+impl CollectionStatus {
+    /// Percent of the in-progress version present (100 when none is in progress).
+    pub fn percent(&self) -> f64 {
+        if self.in_progress.is_none() || self.total_bytes == 0 {
+            100.0
+        } else {
+            100.0 * self.done_bytes as f64 / self.total_bytes as f64
+        }
+    }
+}
+
+/// One connected peer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Peer id.
+    pub id: String,
+    /// Addresses of the connections to it.
+    pub addrs: Vec<String>,
+    /// Last ping round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
