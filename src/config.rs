@@ -252,7 +252,7 @@ impl Settings {
             let from = self
                 .figment
                 .find_metadata(key)
-                .map(describe)
+                .map(|m| describe(m, key))
                 .unwrap_or_else(|| "default".into());
             out.push((key.to_string(), value.to_string(), from));
         });
@@ -277,9 +277,15 @@ fn peers_from_env() -> Layer {
     }
 }
 
-fn describe(m: &Metadata) -> String {
+/// Where a value came from, for people: the file, the exact environment
+/// variable, or the layer's name.
+fn describe(m: &Metadata, key: &str) -> String {
     match &m.source {
         Some(figment::Source::File(p)) => format!("file {}", p.display()),
+        _ if m.name.contains("environment variable(s)") => format!(
+            "environment variable PEERMIRROR_{}",
+            key.replace('.', "__").to_uppercase()
+        ),
         _ => m.name.to_string(),
     }
 }

@@ -175,8 +175,8 @@ async fn converge(
             let current = cs.and_then(|x| x.current.as_ref()).map_or(0, |v| v.version);
             percent.push(match cs {
                 Some(_) if current >= v => 100.0,
-                Some(x) => x.percent().min(99.9),
-                None => 0.0,
+                Some(x) if x.in_progress.is_some() => x.percent().min(99.9),
+                _ => 0.0,
             });
         }
         let done = percent.iter().all(|p| *p >= 100.0);

@@ -6,4 +6,5 @@ mod cli;
 mod crash;
 mod daemon;
 mod network;
+mod settings;
 mod store_model;
