@@ -27,7 +27,9 @@ where
     T: Send + 'static,
     E: From<TaskFailed> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
+    // Keep the caller's span, so the work logs under the node it is for.
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(f)).await {
         Ok(r) => r,
         Err(e) => Err(TaskFailed {
             what,
