@@ -109,8 +109,9 @@ pub fn run(file: Option<&Path>, data: &Path, args: &NetArgs, follow: &[String]) 
         }
         use std::io::Write;
         std::io::stdout().flush().ok();
-        node.wait().await;
-        eprintln!("stopped");
+        node.stop_requested().await;
+        eprintln!("shutting down");
+        node.shutdown().await;
         Ok(())
     })
 }

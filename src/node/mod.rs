@@ -455,9 +455,15 @@ impl Node {
     /// Waits until the shutdown future resolves (or [`Node::shutdown`] is
     /// called), then stops every task.
     pub async fn wait(&self) {
+        self.stop_requested().await;
+        self.shutdown().await;
+    }
+
+    /// Resolves once the shutdown future has resolved (or
+    /// [`Node::shutdown`] was called); the tasks may still be running.
+    pub async fn stop_requested(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|s| *s).await;
-        self.shutdown().await;
     }
 
     /// Stops every task and waits for them (at most a few seconds each).

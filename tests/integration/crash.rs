@@ -4,13 +4,13 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use crate::util::*;
+use crate::harness::*;
 
 #[test]
 fn publish_survives_sigkill_at_many_points() {
-    let env = Env::new();
-    let (key, id) = env.keygen();
-    let src = env.path("src");
+    let h = Harness::new();
+    let (key, id) = h.keygen();
+    let src = h.path("src");
     fs::create_dir_all(src.join("many")).unwrap();
     for i in 0..4 {
         fs::write(src.join(format!("part{i}.img")), random_bytes(24 << 20, i)).unwrap();
@@ -26,7 +26,7 @@ fn publish_survives_sigkill_at_many_points() {
     // Time one publish into a scratch store to spread the kills across it.
     let t = Instant::now();
     let mut probe = std::process::Command::new(BIN);
-    probe.arg("--data").arg(env.path("probe"));
+    probe.arg("--data").arg(h.path("probe"));
     let out = probe
         .args(["publish", "--key", &key, src.to_str().unwrap()])
         .output()
@@ -39,7 +39,7 @@ fn publish_survives_sigkill_at_many_points() {
         let delay = full
             .mul_f64(step as f64 / 9.0)
             .max(Duration::from_millis(5));
-        let mut child = env
+        let mut child = h
             .cmd()
             .args(["publish", "--key", &key, src.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
@@ -53,7 +53,7 @@ fn publish_survives_sigkill_at_many_points() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // The store opens and whatever it holds is sound.
-        let out = env.run_any(&["verify"]);
+        let out = h.run_any(&["verify"]);
         assert!(
             out.status.success(),
             "verify after kill at {delay:?}: {}",
@@ -65,9 +65,9 @@ fn publish_survives_sigkill_at_many_points() {
         "only {killed_midway} kills landed mid-publish"
     );
 
-    env.run(&["publish", "--key", &key, src.to_str().unwrap()]);
-    assert!(env.run(&["verify"]).contains(" 0 problems"));
-    let dest = env.path("dest");
-    env.run(&["export", &id, dest.to_str().unwrap()]);
+    h.run(&["publish", "--key", &key, src.to_str().unwrap()]);
+    assert!(h.run(&["verify"]).contains(" 0 problems"));
+    let dest = h.path("dest");
+    h.run(&["export", &id, dest.to_str().unwrap()]);
     assert_same_tree(&src, &dest);
 }

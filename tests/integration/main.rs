@@ -1,10 +1,12 @@
-//! Integration tests: the built binary, run in temporary directories.
+//! Integration tests: the built binary and in-process nodes, run in
+//! temporary directories through one harness that keeps every node's log.
 
-mod util;
+mod harness;
 
 mod cli;
 mod crash;
 mod daemon;
+mod harness_selftest;
 mod network;
 mod settings;
 mod store_model;

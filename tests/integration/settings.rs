@@ -3,11 +3,11 @@
 
 use std::fs;
 
-use crate::util::*;
+use crate::harness::*;
 
 #[test]
 fn config_shows_each_value_and_its_layer() {
-    let env = Env::new();
+    let env = Harness::new();
     fs::create_dir_all(env.path("data")).unwrap();
     fs::write(
         env.path("data/config.toml"),
@@ -63,7 +63,7 @@ fn config_shows_each_value_and_its_layer() {
 
 #[test]
 fn exit_codes_follow_the_kind_of_failure() {
-    let env = Env::new();
+    let env = Harness::new();
     let code = |args: &[&str]| env.run_any(args).status.code();
     // Usage: bad arguments, a source that is not a directory.
     assert_eq!(code(&["export"]), Some(2));

@@ -10,7 +10,7 @@ use peermirror::publish::{publish, PublishOptions};
 use peermirror::store::Store;
 use rand::{Rng, SeedableRng};
 
-use crate::util::*;
+use crate::harness::*;
 
 type Tree = BTreeMap<String, Vec<u8>>;
 
@@ -44,14 +44,14 @@ fn read_tree(dir: &Path) -> Tree {
 
 #[test]
 fn random_operations_with_restarts_match_the_model() {
-    let env = Env::new();
+    let h = Harness::new();
     let key = MasterKey::generate();
     let c = key.collection();
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let mut store = Some(Store::open(&env.path("data")).unwrap());
+    let mut store = Some(Store::open(&h.path("data")).unwrap());
     let mut model: BTreeMap<u64, Tree> = BTreeMap::new();
     let mut tree = Tree::new();
-    let src = env.path("src");
+    let src = h.path("src");
     for step in 0..40 {
         let s = store.as_ref().unwrap();
         match rng.gen_range(0..10) {
@@ -82,7 +82,7 @@ fn random_operations_with_restarts_match_the_model() {
             // Restart.
             7 | 8 => {
                 drop(store.take());
-                store = Some(Store::open(&env.path("data")).unwrap());
+                store = Some(Store::open(&h.path("data")).unwrap());
             }
             // Verify.
             _ => {
@@ -99,7 +99,7 @@ fn random_operations_with_restarts_match_the_model() {
             "step {step}"
         );
         for (v, t) in &model {
-            let dest = env.path(&format!("out-{step}-{v}"));
+            let dest = h.path(&format!("out-{step}-{v}"));
             s.export(&c, Some(*v), &dest, false).unwrap();
             assert_eq!(&read_tree(&dest), t, "step {step} version {v}");
             fs::remove_dir_all(&dest).unwrap();
