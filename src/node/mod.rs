@@ -222,7 +222,7 @@ impl Node {
             }
         };
         if new {
-            self.inner.client.subscribe(c.0).await?;
+            self.inner.client.subscribe(c).await?;
             let t = self.inner.spawn(follow::run(
                 self.inner.clone(),
                 c,
@@ -253,7 +253,7 @@ impl Node {
         let c = report.announcement.body.collection;
         self.follow(c).await?;
         let msg = GossipMessage::announce(&report.announcement).encode();
-        self.inner.client.publish(c.0, msg).await?;
+        self.inner.client.publish(c, msg).await?;
         tracing::info!(collection = %c, version = report.announcement.body.version, "announced");
         Ok(report)
     }
@@ -391,7 +391,7 @@ async fn handle_events(
                 source,
                 data,
             } => {
-                let verdict = on_gossip(&inner, CollectionId(collection), &data).await;
+                let verdict = on_gossip(&inner, collection, &data).await;
                 if verdict == Verdict::Reject {
                     tracing::warn!(peer = %source, "rejected invalid gossip message");
                 }
@@ -465,7 +465,7 @@ async fn ask_latest(inner: Arc<Inner>, peer: PeerId) {
 }
 
 async fn ask_one(inner: &Arc<Inner>, peer: PeerId, c: CollectionId) {
-    match inner.client.request_latest(peer, c.0).await {
+    match inner.client.request_latest(peer, c).await {
         Ok(Some(bytes)) => match accept(inner, &bytes, Some(c)).await {
             Ok(_) | Err(StoreError::Announce(AnnounceError::NotNewer { .. })) => {}
             Err(e) => tracing::debug!(%peer, error = %e, "latest announcement not taken"),

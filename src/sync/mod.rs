@@ -100,17 +100,13 @@ pub async fn fetch_manifest(
             continue;
         };
         tried.insert(peer);
-        let refs = match client.fetch_manifest_chunks(peer, id.0).await {
+        let refs = match client.fetch_manifest_chunks(peer, id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "manifest chunk list not available");
                 continue;
             }
         };
-        let refs: Vec<ChunkRef> = refs
-            .into_iter()
-            .map(|(id, len)| ChunkRef { id: Hash(id), len })
-            .collect();
         let sum: u64 = refs.iter().map(|c| c.len as u64).sum();
         if sum != a.manifest_size || refs.iter().any(|c| c.len == 0) {
             tracing::warn!(%peer, "peer sent a manifest chunk list that does not match the announcement");
@@ -201,7 +197,7 @@ pub async fn fetch_chunks(
                 }
                 peers.set_have_pending(&peer, true);
                 for part in needed.chunks(net::MAX_HAVE_IDS) {
-                    let ids: Vec<[u8; 32]> = part.iter().map(|&i| missing[i].id.0).collect();
+                    let ids: Vec<Hash> = part.iter().map(|&i| missing[i].id).collect();
                     let idx = part.to_vec();
                     let c = client.clone();
                     work.push(Box::pin(async move {
@@ -357,7 +353,7 @@ fn fetch(client: &net::Client, peer: PeerId, i: usize, id: Hash) -> Task {
     let c = client.clone();
     Box::pin(async move {
         let started = Instant::now();
-        let r = match c.fetch_chunk(peer, id.0).await {
+        let r = match c.fetch_chunk(peer, id).await {
             Ok(data) => tokio::task::spawn_blocking(move || {
                 let ok = Hash::of(&data) == id;
                 (data, ok)
