@@ -25,6 +25,9 @@ use std::io;
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::hash::Hash;
+use crate::manifest::ChunkRef;
+
 /// Protocol name negotiated for chunk streams.
 pub const PROTOCOL_NAME: &str = "/peermirror/chunk/1";
 /// Largest chunk body accepted or sent: the chunker's own bound.
@@ -46,11 +49,11 @@ pub const MAX_MANIFEST_CHUNKS: usize = 65_536;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
     /// Ask for the body of one chunk.
-    Chunk([u8; 32]),
+    Chunk(Hash),
     /// Ask which of these chunks the peer holds.
-    Have(Vec<[u8; 32]>),
+    Have(Vec<Hash>),
     /// Ask for the chunk list of an encoded manifest the peer holds.
-    ManifestChunks([u8; 32]),
+    ManifestChunks(Hash),
 }
 
 /// A response frame.
@@ -63,7 +66,7 @@ pub(crate) enum Response {
     /// One flag per requested id.
     Have(Vec<bool>),
     /// The chunks (id, length) of the requested manifest's encoding.
-    ManifestChunks(Vec<([u8; 32], u32)>),
+    ManifestChunks(Vec<ChunkRef>),
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -81,6 +84,12 @@ async fn read_tag<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Option<u8>> {
             Err(e) => return Err(e),
         }
     }
+}
+
+async fn read_id<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Hash> {
+    let mut id = [0u8; 32];
+    io.read_exact(&mut id).await?;
+    Ok(Hash(id))
 }
 
 async fn read_u32<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<u32> {
@@ -104,11 +113,7 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(io: &mut R) -> io::Result
         return Ok(None);
     };
     match tag {
-        REQ_CHUNK => {
-            let mut id = [0u8; 32];
-            io.read_exact(&mut id).await?;
-            Ok(Some(Request::Chunk(id)))
-        }
+        REQ_CHUNK => Ok(Some(Request::Chunk(read_id(io).await?))),
         REQ_HAVE => {
             let count = read_u32(io).await? as usize;
             if count > MAX_HAVE_IDS {
@@ -123,16 +128,12 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(io: &mut R) -> io::Result
                 .map(|c| {
                     let mut id = [0u8; 32];
                     id.copy_from_slice(c);
-                    id
+                    Hash(id)
                 })
                 .collect();
             Ok(Some(Request::Have(ids)))
         }
-        REQ_MANIFEST => {
-            let mut id = [0u8; 32];
-            io.read_exact(&mut id).await?;
-            Ok(Some(Request::ManifestChunks(id)))
-        }
+        REQ_MANIFEST => Ok(Some(Request::ManifestChunks(read_id(io).await?))),
         other => Err(invalid(format!("unknown request tag {other:#04x}"))),
     }
 }
@@ -146,7 +147,7 @@ pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
         Request::Chunk(id) => {
             let mut buf = [0u8; 33];
             buf[0] = REQ_CHUNK;
-            buf[1..].copy_from_slice(id);
+            buf[1..].copy_from_slice(id.as_bytes());
             io.write_all(&buf).await?;
         }
         Request::Have(ids) => {
@@ -155,14 +156,14 @@ pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
             buf.push(REQ_HAVE);
             buf.extend_from_slice(&count.to_be_bytes());
             for id in ids {
-                buf.extend_from_slice(id);
+                buf.extend_from_slice(id.as_bytes());
             }
             io.write_all(&buf).await?;
         }
         Request::ManifestChunks(id) => {
             let mut buf = [0u8; 33];
             buf[0] = REQ_MANIFEST;
-            buf[1..].copy_from_slice(id);
+            buf[1..].copy_from_slice(id.as_bytes());
             io.write_all(&buf).await?;
         }
     }
@@ -219,7 +220,10 @@ pub(crate) async fn read_response<R: AsyncRead + Unpin>(io: &mut R) -> io::Resul
                 .map(|c| {
                     let mut id = [0u8; 32];
                     id.copy_from_slice(&c[..32]);
-                    (id, u32::from_be_bytes([c[32], c[33], c[34], c[35]]))
+                    ChunkRef {
+                        id: Hash(id),
+                        len: u32::from_be_bytes([c[32], c[33], c[34], c[35]]),
+                    }
                 })
                 .collect();
             Ok(Response::ManifestChunks(list))
@@ -258,9 +262,9 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
             let mut buf = Vec::with_capacity(5 + list.len() * 36);
             buf.push(RESP_MANIFEST);
             buf.extend_from_slice(&count.to_be_bytes());
-            for (id, len) in list {
-                buf.extend_from_slice(id);
-                buf.extend_from_slice(&len.to_be_bytes());
+            for c in list {
+                buf.extend_from_slice(c.id.as_bytes());
+                buf.extend_from_slice(&c.len.to_be_bytes());
             }
             io.write_all(&buf).await?;
         }
@@ -272,6 +276,10 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use futures::io::Cursor;
+
+    fn h(n: u8) -> Hash {
+        Hash([n; 32])
+    }
 
     async fn req_round_trip(req: Request) {
         let mut buf = Cursor::new(Vec::new());
@@ -294,11 +302,11 @@ mod tests {
 
     #[tokio::test]
     async fn requests_round_trip() {
-        req_round_trip(Request::Chunk([7u8; 32])).await;
+        req_round_trip(Request::Chunk(h(7))).await;
         req_round_trip(Request::Have(vec![])).await;
-        req_round_trip(Request::ManifestChunks([7; 32])).await;
+        req_round_trip(Request::ManifestChunks(h(7))).await;
         req_round_trip(Request::Have(
-            (0..300u16).map(|i| [(i % 251) as u8; 32]).collect(),
+            (0..300u16).map(|i| h((i % 251) as u8)).collect(),
         ))
         .await;
     }
@@ -314,8 +322,11 @@ mod tests {
         resp_round_trip(Response::Have(vec![])).await;
         resp_round_trip(Response::ManifestChunks(vec![])).await;
         resp_round_trip(Response::ManifestChunks(vec![
-            ([1; 32], 5),
-            ([2; 32], 1 << 20),
+            ChunkRef { id: h(1), len: 5 },
+            ChunkRef {
+                id: h(2),
+                len: 1 << 20,
+            },
         ]))
         .await;
         for n in [1usize, 7, 8, 9, 1000] {
@@ -326,20 +337,20 @@ mod tests {
     #[tokio::test]
     async fn several_frames_on_one_stream() {
         let mut buf = Cursor::new(Vec::new());
-        write_request(&mut buf, &Request::Chunk([1; 32]))
+        write_request(&mut buf, &Request::Chunk(h(1)))
             .await
             .unwrap();
-        write_request(&mut buf, &Request::Have(vec![[2; 32]]))
+        write_request(&mut buf, &Request::Have(vec![h(2)]))
             .await
             .unwrap();
         let mut rd = Cursor::new(buf.into_inner());
         assert_eq!(
             read_request(&mut rd).await.unwrap(),
-            Some(Request::Chunk([1; 32]))
+            Some(Request::Chunk(h(1)))
         );
         assert_eq!(
             read_request(&mut rd).await.unwrap(),
-            Some(Request::Have(vec![[2; 32]]))
+            Some(Request::Have(vec![h(2)]))
         );
         assert_eq!(read_request(&mut rd).await.unwrap(), None);
     }
@@ -397,7 +408,7 @@ mod tests {
             kind_of(write_response(&mut buf, &big).await),
             io::ErrorKind::InvalidData
         );
-        let many = Request::Have(vec![[0u8; 32]; MAX_HAVE_IDS + 1]);
+        let many = Request::Have(vec![h(0); MAX_HAVE_IDS + 1]);
         assert_eq!(
             kind_of(write_request(&mut buf, &many).await),
             io::ErrorKind::InvalidData

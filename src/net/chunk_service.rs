@@ -24,6 +24,8 @@ use super::{
     chunk_protocol::{self, Request, Response, MAX_CHUNK_LEN},
     ChunkProvider, NetError,
 };
+use crate::hash::Hash;
+use crate::manifest::ChunkRef;
 use crate::task::lock;
 
 /// Requests in flight to one peer at once; further callers wait.
@@ -154,11 +156,7 @@ impl StreamPool {
     }
 
     /// Fetches the body of chunk `id` from `peer` (not verified here).
-    pub(crate) async fn fetch_chunk(
-        &self,
-        peer: PeerId,
-        id: [u8; 32],
-    ) -> Result<Vec<u8>, NetError> {
+    pub(crate) async fn fetch_chunk(&self, peer: PeerId, id: Hash) -> Result<Vec<u8>, NetError> {
         match self.request(peer, Request::Chunk(id)).await? {
             Response::Found(body) => Ok(Vec::from(body)),
             Response::NotFound => Err(NetError::NotFound),
@@ -173,8 +171,8 @@ impl StreamPool {
     pub(crate) async fn fetch_manifest_chunks(
         &self,
         peer: PeerId,
-        id: [u8; 32],
-    ) -> Result<Vec<([u8; 32], u32)>, NetError> {
+        id: Hash,
+    ) -> Result<Vec<ChunkRef>, NetError> {
         match self.request(peer, Request::ManifestChunks(id)).await? {
             Response::ManifestChunks(list) if list.is_empty() => Err(NetError::NotFound),
             Response::ManifestChunks(list) => Ok(list),
@@ -189,7 +187,7 @@ impl StreamPool {
     pub(crate) async fn fetch_have(
         &self,
         peer: PeerId,
-        ids: Vec<[u8; 32]>,
+        ids: Vec<Hash>,
     ) -> Result<Vec<bool>, NetError> {
         let n = ids.len();
         if n > chunk_protocol::MAX_HAVE_IDS {
@@ -265,7 +263,7 @@ fn answer(provider: &dyn ChunkProvider, req: Request) -> Response {
         Request::Chunk(id) => match provider.chunk(&id) {
             Some(body) if body.len() > MAX_CHUNK_LEN => {
                 warn!(
-                    chunk = %hex::encode(id),
+                    chunk = %id,
                     len = body.len(),
                     "chunk exceeds the protocol limit, reporting not found"
                 );

@@ -10,6 +10,9 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{chunk_service::StreamPool, MessageId, NetError, PeerInfo, Verdict};
+use crate::hash::Hash;
+use crate::keys::CollectionId;
+use crate::manifest::ChunkRef;
 
 /// A request from a [`Client`] to the event loop.
 #[derive(Debug)]
@@ -22,17 +25,17 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<(), NetError>>,
     },
     Subscribe {
-        collection: [u8; 32],
+        collection: CollectionId,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
     Publish {
-        collection: [u8; 32],
+        collection: CollectionId,
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
     RequestLatest {
         peer: PeerId,
-        collection: [u8; 32],
+        collection: CollectionId,
         reply: oneshot::Sender<Result<Option<Vec<u8>>, NetError>>,
     },
     Peers {
@@ -108,7 +111,7 @@ impl Client {
 
     /// Subscribes to the gossip topic of `collection`
     /// (`peermirror/v1/collection/<hex>`). Subscribing twice is harmless.
-    pub async fn subscribe(&self, collection: [u8; 32]) -> Result<(), NetError> {
+    pub async fn subscribe(&self, collection: CollectionId) -> Result<(), NetError> {
         self.call(|reply| Command::Subscribe { collection, reply })
             .await?
     }
@@ -117,7 +120,7 @@ impl Client {
     /// yet, the message is queued and retried until it goes out (or is
     /// dropped after a while); `Ok` means accepted for delivery. Publishing
     /// the same bytes again is a no-op (message ids are content hashes).
-    pub async fn publish(&self, collection: [u8; 32], msg: Vec<u8>) -> Result<(), NetError> {
+    pub async fn publish(&self, collection: CollectionId, msg: Vec<u8>) -> Result<(), NetError> {
         self.call(|reply| Command::Publish {
             collection,
             data: msg,
@@ -141,7 +144,7 @@ impl Client {
     pub async fn request_latest(
         &self,
         peer: PeerId,
-        collection: [u8; 32],
+        collection: CollectionId,
     ) -> Result<Option<Vec<u8>>, NetError> {
         self.call(|reply| Command::RequestLatest {
             peer,
@@ -153,7 +156,7 @@ impl Client {
 
     /// Fetches chunk `id` from `peer`. The bytes are NOT verified here: the
     /// caller must hash them. [`NetError::NotFound`] if the peer lacks it.
-    pub async fn fetch_chunk(&self, peer: PeerId, id: [u8; 32]) -> Result<Vec<u8>, NetError> {
+    pub async fn fetch_chunk(&self, peer: PeerId, id: Hash) -> Result<Vec<u8>, NetError> {
         self.pool.fetch_chunk(peer, id).await
     }
 
@@ -162,18 +165,14 @@ impl Client {
     pub async fn fetch_manifest_chunks(
         &self,
         peer: PeerId,
-        id: [u8; 32],
-    ) -> Result<Vec<([u8; 32], u32)>, NetError> {
+        id: Hash,
+    ) -> Result<Vec<ChunkRef>, NetError> {
         self.pool.fetch_manifest_chunks(peer, id).await
     }
 
     /// Asks `peer` which of `ids` it holds (`result[i]` is for `ids[i]`), at
     /// most [`super::MAX_HAVE_IDS`] ids per call.
-    pub async fn fetch_have(
-        &self,
-        peer: PeerId,
-        ids: Vec<[u8; 32]>,
-    ) -> Result<Vec<bool>, NetError> {
+    pub async fn fetch_have(&self, peer: PeerId, ids: Vec<Hash>) -> Result<Vec<bool>, NetError> {
         self.pool.fetch_have(peer, ids).await
     }
 

@@ -28,6 +28,7 @@ use super::{
     client::{Command, Report},
     ChunkProvider, NetError,
 };
+use crate::keys::CollectionId;
 
 mod swarm_events;
 
@@ -53,7 +54,7 @@ pub(crate) struct Parts {
 
 /// A message waiting for a subscribed peer.
 struct QueuedPublish {
-    collection: [u8; 32],
+    collection: CollectionId,
     data: Vec<u8>,
     since: Instant,
 }
@@ -88,7 +89,7 @@ pub struct EventLoop {
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<(), NetError>>>,
     pending_latest: HashMap<OutboundRequestId, LatestReply>,
-    topics: HashMap<TopicHash, [u8; 32]>,
+    topics: HashMap<TopicHash, CollectionId>,
     publish_queue: VecDeque<QueuedPublish>,
     peers: HashMap<PeerId, PeerState>,
 }
@@ -286,7 +287,7 @@ impl EventLoop {
         }
     }
 
-    fn subscribe(&mut self, collection: [u8; 32]) -> Result<(), NetError> {
+    fn subscribe(&mut self, collection: CollectionId) -> Result<(), NetError> {
         let topic = super::collection_topic(&collection);
         let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
         gossipsub
@@ -300,11 +301,11 @@ impl EventLoop {
     }
 
     /// Publishes now or queues the message until a peer subscribes.
-    fn publish(&mut self, collection: [u8; 32], data: Vec<u8>) -> Result<(), NetError> {
+    fn publish(&mut self, collection: CollectionId, data: Vec<u8>) -> Result<(), NetError> {
         if self.try_publish(collection, data.clone())? {
             return Ok(());
         }
-        debug!(collection = %hex::encode(collection), "no subscribed peer yet, publish queued");
+        debug!(%collection, "no subscribed peer yet, publish queued");
         if self.publish_queue.len() >= MAX_QUEUED_PUBLISHES {
             self.publish_queue.pop_front();
             warn!("publish queue full, dropped the oldest message");
@@ -319,7 +320,7 @@ impl EventLoop {
 
     /// `Ok(true)` if sent (or already sent), `Ok(false)` if it should be
     /// retried later.
-    fn try_publish(&mut self, collection: [u8; 32], data: Vec<u8>) -> Result<bool, NetError> {
+    fn try_publish(&mut self, collection: CollectionId, data: Vec<u8>) -> Result<bool, NetError> {
         let topic = super::collection_topic(&collection);
         match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(true),
@@ -333,7 +334,7 @@ impl EventLoop {
         let queued = std::mem::take(&mut self.publish_queue);
         for item in queued {
             if item.since.elapsed() > PUBLISH_RETRY_WINDOW {
-                info!(collection = %hex::encode(item.collection), "gave up publishing: no subscribed peer");
+                info!(collection = %item.collection, "gave up publishing: no subscribed peer");
                 continue;
             }
             match self.try_publish(item.collection, item.data.clone()) {
@@ -345,7 +346,7 @@ impl EventLoop {
     }
 
     /// Answers an inbound latest-announcement request from a blocking task.
-    fn answer_latest(&self, collection: [u8; 32], channel: ResponseChannel<Option<Vec<u8>>>) {
+    fn answer_latest(&self, collection: CollectionId, channel: ResponseChannel<Option<Vec<u8>>>) {
         let provider = self.provider.clone();
         let tx = self.latest_tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -356,7 +357,7 @@ impl EventLoop {
         });
     }
 
-    fn on_latest_event(&mut self, event: request_response::Event<[u8; 32], Option<Vec<u8>>>) {
+    fn on_latest_event(&mut self, event: request_response::Event<CollectionId, Option<Vec<u8>>>) {
         use request_response::{Event, Message, OutboundFailure};
         match event {
             Event::Message {

@@ -16,6 +16,8 @@ use std::io;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 
+use crate::keys::CollectionId;
+
 /// Protocol name negotiated for latest-announcement requests.
 pub const PROTOCOL_NAME: &str = "/peermirror/latest/1";
 /// Largest request read from a stream.
@@ -59,8 +61,8 @@ async fn read_bounded<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io
     Ok(buf)
 }
 
-fn decode_request(raw: &[u8]) -> io::Result<[u8; 32]> {
-    <[u8; 32]>::try_from(raw).map_err(|_| {
+fn decode_request(raw: &[u8]) -> io::Result<CollectionId> {
+    <[u8; 32]>::try_from(raw).map(CollectionId).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("request must be 32 bytes, got {}", raw.len()),
@@ -81,10 +83,10 @@ fn decode_response(raw: &[u8]) -> io::Result<Option<Vec<u8>>> {
 
 impl request_response::Codec for LatestCodec {
     type Protocol = StreamProtocol;
-    type Request = [u8; 32];
+    type Request = CollectionId;
     type Response = Option<Vec<u8>>;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<[u8; 32]>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<CollectionId>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -106,12 +108,12 @@ impl request_response::Codec for LatestCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: [u8; 32],
+        req: CollectionId,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&req).await
+        io.write_all(&req.0).await
     }
 
     async fn write_response<T>(
@@ -151,11 +153,14 @@ mod tests {
     async fn round_trips() {
         let mut c = LatestCodec;
         let mut buf = Cursor::new(Vec::new());
-        c.write_request(&proto(), &mut buf, [9u8; 32])
+        c.write_request(&proto(), &mut buf, CollectionId([9u8; 32]))
             .await
             .unwrap();
         let mut rd = Cursor::new(buf.into_inner());
-        assert_eq!(c.read_request(&proto(), &mut rd).await.unwrap(), [9u8; 32]);
+        assert_eq!(
+            c.read_request(&proto(), &mut rd).await.unwrap(),
+            CollectionId([9u8; 32])
+        );
 
         for resp in [
             None,

@@ -16,8 +16,10 @@
 //! for chunk bodies and have-maps. Chunk transfers run on their own streams
 //! outside the event loop, many in parallel per peer.
 //!
-//! This module depends on nothing else in the crate: ids are `[u8; 32]` and
-//! announcements are opaque bytes that the application validates.
+//! Of the rest of the crate, this module uses only the leaf types that name
+//! what travels: [`Hash`] for chunks and manifests, [`CollectionId`] for
+//! collections, [`ChunkRef`] for a manifest's chunk list. Announcements are
+//! opaque bytes that the application validates.
 
 mod behaviour;
 mod chunk_protocol;
@@ -33,6 +35,10 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use libp2p::identity::Keypair;
 use tokio::sync::mpsc;
+
+use crate::hash::Hash;
+use crate::keys::CollectionId;
+use crate::manifest::ChunkRef;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_HAVE_IDS};
@@ -92,16 +98,16 @@ pub trait ChunkProvider: Send + Sync + 'static {
     /// Bytes of a chunk this node holds (already verified by the store), or
     /// `None`. `Bytes` lets a cache hand out shared buffers without copying;
     /// a `Vec<u8>` converts for free with `Bytes::from`.
-    fn chunk(&self, id: &[u8; 32]) -> Option<Bytes>;
+    fn chunk(&self, id: &Hash) -> Option<Bytes>;
     /// Which of the given chunk ids this node holds (`result[i]` is for
     /// `ids[i]`); used for have-maps.
-    fn have(&self, ids: &[[u8; 32]]) -> Vec<bool>;
+    fn have(&self, ids: &[Hash]) -> Vec<bool>;
     /// The chunks (id, length) of an encoded manifest this node holds, in
     /// order, so peers can fetch a manifest like any other data.
-    fn manifest_chunks(&self, id: &[u8; 32]) -> Option<Vec<([u8; 32], u32)>>;
+    fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>>;
     /// The latest accepted signed announcement of a collection (opaque
     /// bytes), for late joiners.
-    fn latest_announcement(&self, collection: &[u8; 32]) -> Option<Vec<u8>>;
+    fn latest_announcement(&self, collection: &CollectionId) -> Option<Vec<u8>>;
 }
 
 /// The application's verdict on a gossip message.
@@ -134,7 +140,7 @@ pub enum Event {
     /// [`Client::report`] with `msg_id` and `source`: it must always do so.
     Gossip {
         /// The collection whose topic carried the message.
-        collection: [u8; 32],
+        collection: CollectionId,
         /// Gossipsub message id (hash of `data`).
         msg_id: MessageId,
         /// The peer that relayed the message to us.
@@ -195,11 +201,8 @@ pub enum NetError {
 }
 
 /// The gossipsub topic of a collection: `peermirror/v1/collection/<hex id>`.
-pub fn collection_topic(collection: &[u8; 32]) -> libp2p::gossipsub::IdentTopic {
-    libp2p::gossipsub::IdentTopic::new(format!(
-        "peermirror/v1/collection/{}",
-        hex::encode(collection)
-    ))
+pub fn collection_topic(collection: &CollectionId) -> libp2p::gossipsub::IdentTopic {
+    libp2p::gossipsub::IdentTopic::new(format!("peermirror/v1/collection/{collection}"))
 }
 
 /// Builds a node: the swarm, its listeners and the chunk server (started by

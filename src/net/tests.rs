@@ -15,26 +15,29 @@ use tokio::{
 };
 
 use super::*;
+use crate::hash::Hash;
+use crate::keys::CollectionId;
+use crate::manifest::ChunkRef;
 
 /// A HashMap-backed provider.
 #[derive(Default)]
 struct MapProvider {
-    chunks: HashMap<[u8; 32], Bytes>,
-    latest: HashMap<[u8; 32], Vec<u8>>,
-    manifests: HashMap<[u8; 32], Vec<([u8; 32], u32)>>,
+    chunks: HashMap<Hash, Bytes>,
+    latest: HashMap<CollectionId, Vec<u8>>,
+    manifests: HashMap<Hash, Vec<ChunkRef>>,
 }
 
 impl ChunkProvider for MapProvider {
-    fn chunk(&self, id: &[u8; 32]) -> Option<Bytes> {
+    fn chunk(&self, id: &Hash) -> Option<Bytes> {
         self.chunks.get(id).cloned()
     }
-    fn have(&self, ids: &[[u8; 32]]) -> Vec<bool> {
+    fn have(&self, ids: &[Hash]) -> Vec<bool> {
         ids.iter().map(|id| self.chunks.contains_key(id)).collect()
     }
-    fn latest_announcement(&self, collection: &[u8; 32]) -> Option<Vec<u8>> {
+    fn latest_announcement(&self, collection: &CollectionId) -> Option<Vec<u8>> {
         self.latest.get(collection).cloned()
     }
-    fn manifest_chunks(&self, id: &[u8; 32]) -> Option<Vec<([u8; 32], u32)>> {
+    fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>> {
         self.manifests.get(id).cloned()
     }
 }
@@ -110,8 +113,16 @@ async fn next_gossip(
     }
 }
 
-fn id(n: u8) -> [u8; 32] {
-    [n; 32]
+fn id(n: u8) -> Hash {
+    Hash([n; 32])
+}
+
+fn col(n: u8) -> CollectionId {
+    CollectionId([n; 32])
+}
+
+fn chunk_ref(n: u8, len: u32) -> ChunkRef {
+    ChunkRef { id: id(n), len }
 }
 
 /// Node A serves one 1 MiB chunk and an announcement; B fetches over the
@@ -123,10 +134,10 @@ async fn fetch_roundtrip(listen: Multiaddr) {
     provider.chunks.insert(id(3), Bytes::from(vec![3; 10]));
     provider
         .latest
-        .insert(id(9), b"signed announcement".to_vec());
+        .insert(col(9), b"signed announcement".to_vec());
     provider
         .manifests
-        .insert(id(5), vec![(id(1), 1 << 20), (id(3), 10)]);
+        .insert(id(5), vec![chunk_ref(1, 1 << 20), chunk_ref(3, 10)]);
     let a = start(config(vec![listen.clone()], true), provider);
     let mut b = start(config(vec![listen], true), MapProvider::default());
     connect(&b, &a).await;
@@ -155,13 +166,13 @@ async fn fetch_roundtrip(listen: Multiaddr) {
         Err(NetError::TooLarge(_))
     ));
     assert_eq!(
-        b.client.request_latest(pa, id(9)).await.unwrap(),
+        b.client.request_latest(pa, col(9)).await.unwrap(),
         Some(b"signed announcement".to_vec())
     );
-    assert_eq!(b.client.request_latest(pa, id(8)).await.unwrap(), None);
+    assert_eq!(b.client.request_latest(pa, col(8)).await.unwrap(), None);
     assert_eq!(
         b.client.fetch_manifest_chunks(pa, id(5)).await.unwrap(),
-        vec![(id(1), 1 << 20), (id(3), 10)]
+        vec![chunk_ref(1, 1 << 20), chunk_ref(3, 10)]
     );
     assert!(matches!(
         b.client.fetch_manifest_chunks(pa, id(6)).await,
@@ -201,7 +212,7 @@ async fn dial_failure_is_reported() {
 /// decides whether C sees A's message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_is_forwarded_only_after_accept() {
-    let col = id(42);
+    let col = col(42);
     let a = start(config(vec![tcp_addr()], false), MapProvider::default());
     let mut b = start(config(vec![tcp_addr()], false), MapProvider::default());
     let mut c = start(config(vec![tcp_addr()], false), MapProvider::default());
@@ -246,7 +257,7 @@ async fn gossip_is_forwarded_only_after_accept() {
 /// Publishing before anyone subscribed is queued, then delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_is_queued_until_peers_subscribe() {
-    let col = id(7);
+    let col = col(7);
     let a = start(config(vec![tcp_addr()], false), MapProvider::default());
     let mut b = start(config(vec![tcp_addr()], false), MapProvider::default());
     a.client.publish(col, b"early".to_vec()).await.unwrap();
@@ -261,7 +272,7 @@ async fn publish_is_queued_until_peers_subscribe() {
 
 /// Fetches every id from `peer` with `CONCURRENCY` requests in flight and
 /// returns the bytes received per second.
-async fn fetch_all(client: &Client, peer: PeerId, ids: &[[u8; 32]], chunk: usize) -> f64 {
+async fn fetch_all(client: &Client, peer: PeerId, ids: &[Hash], chunk: usize) -> f64 {
     const CONCURRENCY: usize = 16;
     let started = Instant::now();
     let total: usize = futures::stream::iter(ids.to_vec())
@@ -280,9 +291,7 @@ async fn throughput(listen: Multiaddr, label: &str) {
     const CHUNK: usize = 1024 * 1024;
     let count: u32 = if cfg!(debug_assertions) { 32 } else { 256 };
     let mut provider = MapProvider::default();
-    let ids: Vec<[u8; 32]> = (0..count)
-        .map(|i| *blake3::hash(&i.to_be_bytes()).as_bytes())
-        .collect();
+    let ids: Vec<Hash> = (0..count).map(|i| Hash::of(&i.to_be_bytes())).collect();
     for (i, cid) in ids.iter().enumerate() {
         provider
             .chunks

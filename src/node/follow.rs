@@ -120,7 +120,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         holder: inner.client.local_peer_id().to_bytes(),
     }
     .encode();
-    if let Err(e) = inner.client.publish(c.0, note).await {
+    if let Err(e) = inner.client.publish(c, note).await {
         tracing::debug!(error = %e, "could not send a have note");
     }
     Ok(true)

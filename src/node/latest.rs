@@ -25,7 +25,7 @@ pub(super) async fn ask_all(inner: Arc<Inner>, peer: PeerId) {
 
 /// Asks `peer` for the latest announcement of `c` and admits the answer.
 pub(super) async fn ask_one(inner: &Arc<Inner>, peer: PeerId, c: CollectionId) {
-    match inner.client.request_latest(peer, c.0).await {
+    match inner.client.request_latest(peer, c).await {
         Ok(Some(bytes)) => {
             let a = admit(inner, &bytes, Some(c)).await;
             log(&a, &peer);

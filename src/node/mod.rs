@@ -291,7 +291,7 @@ impl Node {
             }
         };
         if new {
-            self.inner.client.subscribe(c.0).await?;
+            self.inner.client.subscribe(c).await?;
             let t = self.inner.spawn(follow::run(
                 self.inner.clone(),
                 c,
@@ -358,7 +358,7 @@ impl Node {
         let c = a.body.collection;
         self.follow(c).await?;
         let msg = GossipMessage::announce(a).encode();
-        self.inner.client.publish(c.0, msg).await?;
+        self.inner.client.publish(c, msg).await?;
         tracing::info!(collection = %c, version = a.body.version, "announced");
         Ok(())
     }
@@ -503,7 +503,7 @@ async fn handle_events(
                 source,
                 data,
             } => {
-                let topic = CollectionId(collection);
+                let topic = collection;
                 let i = inner.clone();
                 let admission = blocking("admitting gossip", move || {
                     Ok::<_, crate::task::TaskFailed>(admission::gossip(

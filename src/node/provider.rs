@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::hash::Hash;
 use crate::keys::CollectionId;
+use crate::manifest::ChunkRef;
 use crate::net::ChunkProvider;
 use crate::store::Store;
 
@@ -16,9 +17,9 @@ pub struct StoreProvider {
 }
 
 impl ChunkProvider for StoreProvider {
-    fn chunk(&self, id: &[u8; 32]) -> Option<bytes::Bytes> {
+    fn chunk(&self, id: &Hash) -> Option<bytes::Bytes> {
         // read_chunk re-hashes: a corrupt chunk is never sent on.
-        match self.store.read_chunk(&Hash(*id)) {
+        match self.store.read_chunk(id) {
             Ok(data) => {
                 self.bytes_up
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -26,27 +27,26 @@ impl ChunkProvider for StoreProvider {
             }
             Err(e) => {
                 if !matches!(e, crate::store::StoreError::MissingChunk(_)) {
-                    tracing::warn!(chunk = %Hash(*id), error = %e, "not serving chunk");
+                    tracing::warn!(chunk = %id, error = %e, "not serving chunk");
                 }
                 None
             }
         }
     }
 
-    fn have(&self, ids: &[[u8; 32]]) -> Vec<bool> {
+    fn have(&self, ids: &[Hash]) -> Vec<bool> {
         ids.iter()
-            .map(|id| self.store.has_chunk(&Hash(*id)).unwrap_or(false))
+            .map(|id| self.store.has_chunk(id).unwrap_or(false))
             .collect()
     }
 
-    fn manifest_chunks(&self, id: &[u8; 32]) -> Option<Vec<([u8; 32], u32)>> {
-        let refs = self.store.manifest_chunks(&Hash(*id)).ok()??;
-        Some(refs.into_iter().map(|c| (c.id.0, c.len)).collect())
+    fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>> {
+        self.store.manifest_chunks(id).ok()?
     }
 
-    fn latest_announcement(&self, collection: &[u8; 32]) -> Option<Vec<u8>> {
+    fn latest_announcement(&self, collection: &CollectionId) -> Option<Vec<u8>> {
         self.store
-            .latest(&CollectionId(*collection))
+            .latest(collection)
             .ok()
             .flatten()
             .map(|a| a.encode())

@@ -1,13 +1,18 @@
 //! What a download knows about each peer: which chunks it holds (its
 //! have-map), how many requests are queued there, how fast it answers, and
-//! whether it misbehaved.
+//! whether it misbehaved. The [`super::scheduler`] asks it who holds what
+//! and who should get the next request; time comes in from the caller, so
+//! benches can be tested without waiting.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::{Slot, MAX_PER_PEER};
+use super::scheduler::Slot;
+
+/// Requests in flight to one peer.
+pub const MAX_PER_PEER: usize = 16;
 
 /// A peer is benched for this long after repeated failures.
 const BENCH: Duration = Duration::from_secs(5);
@@ -123,10 +128,9 @@ impl Peers {
         counts.into_iter().map(|(_, _, i)| i).collect()
     }
 
-    /// The holder of chunk `i` expected to deliver it soonest, skipping
-    /// `exclude`, full, benched and banned peers.
-    pub fn best_holder(&self, i: usize, exclude: &[PeerId]) -> Option<PeerId> {
-        let now = Instant::now();
+    /// The holder of chunk `i` expected to deliver it soonest at `now`,
+    /// skipping `exclude`, full, benched and banned peers.
+    pub fn best_holder(&self, i: usize, exclude: &[PeerId], now: Instant) -> Option<PeerId> {
         self.peers
             .iter()
             .filter(|(id, p)| {
@@ -178,24 +182,36 @@ impl Peers {
         }
     }
 
-    /// A request failed (stream reset, timeout): bench after repeated failures.
-    pub fn failed(&mut self, id: &PeerId) {
+    /// A request failed at `now` (stream reset, timeout): bench after
+    /// repeated failures.
+    pub fn failed(&mut self, id: &PeerId, now: Instant) {
         if let Some(p) = self.peers.get_mut(id) {
             p.failures += 1;
             if p.failures >= MAX_FAILURES {
-                p.benched_until = Some(Instant::now() + BENCH);
+                p.benched_until = Some(now + BENCH);
                 p.failures = 0;
             }
         }
     }
 
     /// The peer sent wrong bytes: never ask it again in this download.
-    pub fn ban(&mut self, id: &PeerId) {
+    pub fn ban(&mut self, id: &PeerId, now: Instant) {
         self.banned.insert(*id);
         if let Some(p) = self.peers.get_mut(id) {
             p.have.iter_mut().for_each(|h| *h = false);
-            p.benched_until = Some(Instant::now() + Duration::from_secs(3600 * 24));
+            p.benched_until = Some(now + Duration::from_secs(3600 * 24));
         }
+    }
+
+    /// When the earliest bench still running at `now` ends, so the caller
+    /// can wake up then rather than poll.
+    pub fn next_return(&self, now: Instant) -> Option<Instant> {
+        self.peers
+            .iter()
+            .filter(|(id, _)| !self.banned.contains(id))
+            .filter_map(|(_, p)| p.benched_until)
+            .filter(|&t| t > now)
+            .min()
     }
 }
 
@@ -215,6 +231,7 @@ mod tests {
 
     #[test]
     fn rarest_first_and_least_loaded_holder() {
+        let now = Instant::now();
         let (a, b) = (PeerId::random(), PeerId::random());
         let mut p = Peers::new(3);
         p.connected(a, Some(Duration::from_millis(1)));
@@ -233,48 +250,66 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
         assert_ne!(order, sorted, "ties are shuffled");
-        assert_eq!(p.best_holder(1, &[]), Some(a));
+        assert_eq!(p.best_holder(1, &[], now), Some(a));
         p.started(&a, 1);
         // a is now busier than b.
-        assert_eq!(p.best_holder(0, &[]), Some(b));
-        assert_eq!(p.best_holder(0, &[b]), Some(a));
-        assert_eq!(p.best_holder(2, &[]), None);
+        assert_eq!(p.best_holder(0, &[], now), Some(b));
+        assert_eq!(p.best_holder(0, &[b], now), Some(a));
+        assert_eq!(p.best_holder(2, &[], now), None);
     }
 
     #[test]
     fn a_peer_holding_everything_is_the_last_resort() {
+        let now = Instant::now();
         let (seeder, mirror) = (PeerId::random(), PeerId::random());
         let mut p = Peers::new(2);
         p.connected(seeder, Some(Duration::from_millis(1)));
         p.connected(mirror, Some(Duration::from_millis(1)));
         p.update_have(&seeder, &[0, 1], &[true, true]);
         p.update_have(&mirror, &[0, 1], &[true, false]);
-        assert_eq!(p.best_holder(0, &[]), Some(mirror));
-        assert_eq!(p.best_holder(1, &[]), Some(seeder));
+        assert_eq!(p.best_holder(0, &[], now), Some(mirror));
+        assert_eq!(p.best_holder(1, &[], now), Some(seeder));
         // Until the mirror is much busier than the seeder.
         for i in 0..3 {
             p.started(&mirror, 100 + i);
         }
-        assert_eq!(p.best_holder(0, &[]), Some(seeder));
+        assert_eq!(p.best_holder(0, &[], now), Some(seeder));
     }
 
     #[test]
     fn banned_and_benched_peers_are_skipped() {
+        let now = Instant::now();
         let (a, b) = (PeerId::random(), PeerId::random());
         let mut p = Peers::new(1);
         p.connected(a, None);
         p.connected(b, None);
         p.update_have(&a, &[0], &[true]);
         p.update_have(&b, &[0], &[true]);
-        p.ban(&a);
-        assert_eq!(p.best_holder(0, &[]), Some(b));
+        p.ban(&a, now);
+        assert_eq!(p.best_holder(0, &[], now), Some(b));
         for _ in 0..MAX_FAILURES {
-            p.failed(&b);
+            p.failed(&b, now);
         }
-        assert_eq!(p.best_holder(0, &[]), None);
+        assert_eq!(p.best_holder(0, &[], now), None);
         // A banned peer stays out even when it reconnects.
         p.update_have(&a, &[0], &[true]);
         p.connected(a, None);
         assert!(p.peers[&a].benched_until.is_some());
+    }
+
+    #[test]
+    fn the_end_of_a_bench_is_known_and_a_ban_has_none() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        let mut p = Peers::new(1);
+        p.connected(a, None);
+        p.connected(b, None);
+        assert_eq!(p.next_return(now), None);
+        for _ in 0..MAX_FAILURES {
+            p.failed(&a, now);
+        }
+        p.ban(&b, now);
+        assert_eq!(p.next_return(now), Some(now + BENCH));
+        assert_eq!(p.next_return(now + BENCH), None, "the bench is over");
     }
 }

@@ -98,17 +98,20 @@ async fn late_mirror_catches_up_and_survives_the_master_leaving() {
 struct Liar(Arc<std::sync::atomic::AtomicU64>);
 
 impl peermirror::net::ChunkProvider for Liar {
-    fn chunk(&self, _id: &[u8; 32]) -> Option<bytes::Bytes> {
+    fn chunk(&self, _id: &peermirror::hash::Hash) -> Option<bytes::Bytes> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(bytes::Bytes::from(vec![0xAB; 1 << 20]))
     }
-    fn have(&self, ids: &[[u8; 32]]) -> Vec<bool> {
+    fn have(&self, ids: &[peermirror::hash::Hash]) -> Vec<bool> {
         vec![true; ids.len()]
     }
-    fn manifest_chunks(&self, _id: &[u8; 32]) -> Option<Vec<([u8; 32], u32)>> {
+    fn manifest_chunks(
+        &self,
+        _id: &peermirror::hash::Hash,
+    ) -> Option<Vec<peermirror::manifest::ChunkRef>> {
         None
     }
-    fn latest_announcement(&self, _c: &[u8; 32]) -> Option<Vec<u8>> {
+    fn latest_announcement(&self, _c: &peermirror::keys::CollectionId) -> Option<Vec<u8>> {
         None
     }
 }
@@ -161,10 +164,10 @@ async fn wrong_bytes_and_forged_announcements_are_refused() {
     }
     .sign(&other);
     forged.body.collection = c;
-    liar.subscribe(c.0).await.unwrap();
+    liar.subscribe(c).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let msg = peermirror::gossip::GossipMessage::announce(&forged).encode();
-    liar.publish(c.0, msg).await.unwrap();
+    liar.publish(c, msg).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let store = m.node().store().clone();
     assert_eq!(store.latest(&c).unwrap().unwrap().body.version, v);
