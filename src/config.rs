@@ -15,6 +15,11 @@
 //! [store]
 //! keep = 2
 //!
+//! [limits]
+//! max_connections = 256
+//! max_connections_per_ip = 16
+//! max_store_bytes = 0
+//!
 //! [log]
 //! level = "warn"
 //! ```
@@ -44,6 +49,8 @@ pub struct Config {
     pub net: NetSettings,
     /// Store.
     pub store: StoreSettings,
+    /// Resource limits (each documented with its default in docs/security.md).
+    pub limits: LimitsSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -97,6 +104,29 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings { keep: 2 }
+    }
+}
+
+/// `[limits]`: what one node spends on its peers and its disk.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Connections in total.
+    pub max_connections: u32,
+    /// Connections from one IP address.
+    pub max_connections_per_ip: u32,
+    /// Bytes the store may hold (0: no limit); a version that would not
+    /// fit is refused before it is fetched.
+    pub max_store_bytes: u64,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        LimitsSettings {
+            max_connections: 256,
+            max_connections_per_ip: 16,
+            max_store_bytes: 0,
+        }
     }
 }
 

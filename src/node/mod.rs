@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::announce::SignedAnnouncement;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LimitsSettings};
 use crate::control::status::{NodeInfo, PeerStatus, Status};
 use crate::control::{CommandError, Request, Response};
 use crate::gossip::GossipMessage;
@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub keep: usize,
     /// Serve the control socket.
     pub control: bool,
+    /// Resource limits.
+    pub limits: LimitsSettings,
 }
 
 impl NodeConfig {
@@ -90,6 +92,7 @@ impl NodeConfig {
             follow,
             keep: cfg.store.keep,
             control: true,
+            limits: cfg.limits.clone(),
         })
     }
 
@@ -113,6 +116,7 @@ impl NodeConfig {
             follow,
             keep: d.store.keep,
             control: false,
+            limits: d.limits,
         }
     }
 }
