@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 /// Writes a small but varied tree: a few MiB of random images, text files,
 /// an executable script, an empty directory and symlinks.

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_peermirror");
 
