@@ -190,7 +190,7 @@ pub fn for_each_block<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{RngCore, SeedableRng};
+    use rand::{Rng, SeedableRng};
 
     fn random(n: usize, seed: u64) -> Vec<u8> {
         let mut v = vec![0u8; n];
@@ -262,6 +262,69 @@ mod tests {
             .unwrap();
             assert_eq!(blocks, cut(&data), "length {len}");
         }
+    }
+
+    /// Golden input: blake3 XOF output of a fixed context (no random
+    /// generator whose algorithm could change), with a run of zeros in the
+    /// middle so that cuts forced at `max` are covered too, and a length
+    /// that crosses [`WINDOW`] and ends in a short chunk.
+    fn golden_input() -> Vec<u8> {
+        let xof = |part: &str, len: usize| {
+            let mut v = vec![0u8; len];
+            blake3::Hasher::new_derive_key("peermirror chunker golden input v1")
+                .update(part.as_bytes())
+                .finalize_xof()
+                .fill(&mut v);
+            v
+        };
+        let mut data = xof("head", 12 << 20);
+        data.resize(21 << 20, 0);
+        data.extend(xof("tail", (3 << 20) + 12_345));
+        data
+    }
+
+    /// End offsets of the chunks of [`golden_input`] at the default
+    /// parameters. Cut points are part of the manifest format: if a
+    /// dependency upgrade moves one, every published version stops sharing
+    /// chunks with what nodes cut afterwards, so this must never change
+    /// silently. The three cuts 4 MiB apart are the ones forced in the run of
+    /// zeros.
+    const GOLDEN_CUTS: &[usize] = &[
+        1_084_165, 2_188_052, 4_005_072, 5_137_612, 6_472_417, 7_685_319, 8_004_103, 8_480_051,
+        9_105_908, 9_888_951, 11_149_481, 12_267_432, 16_461_736, 20_656_040, 22_802_532,
+        24_205_892, 25_178_169,
+    ];
+
+    #[test]
+    fn cuts_of_the_golden_input_are_pinned() {
+        let data = golden_input();
+        assert_eq!(
+            Hash::of(&data).to_hex(),
+            "005dc43da06d565cf1005f13be9493e9b1a5a6ddc755bd0166eb6e40ba40cef5",
+            "the golden input itself changed"
+        );
+        let stream_cuts: Vec<usize> = cut(&data)
+            .iter()
+            .scan(0, |end, c| {
+                *end += c.1;
+                Some(*end)
+            })
+            .collect();
+        let (mut block_cuts, mut offset) = (Vec::new(), 0);
+        for_each_block(
+            &data[..],
+            Some(data.len() as u64),
+            &ChunkerParams::default(),
+            |(buf, cs)| {
+                // Each window holds exactly the bytes its chunks cover.
+                block_cuts.extend(cs.iter().map(|r| offset + r.end));
+                offset += buf.len();
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(stream_cuts, GOLDEN_CUTS, "streaming chunker");
+        assert_eq!(block_cuts, GOLDEN_CUTS, "window chunker");
     }
 
     #[test]

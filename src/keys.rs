@@ -88,7 +88,8 @@ const HEADER: &str = "# peermirror master key (ed25519 seed, hex). Keep it secre
 impl MasterKey {
     /// A fresh random key.
     pub fn generate() -> Self {
-        MasterKey(SigningKey::generate(&mut rand::rngs::OsRng))
+        let mut os = rand::rand_core::UnwrapErr(rand::rngs::SysRng);
+        MasterKey(SigningKey::generate(&mut os))
     }
 
     /// The collection this key publishes.

@@ -53,7 +53,7 @@ impl Peers {
     pub fn new(n: usize) -> Self {
         use rand::seq::SliceRandom;
         let mut tiebreak: Vec<u32> = (0..n as u32).collect();
-        tiebreak.shuffle(&mut rand::thread_rng());
+        tiebreak.shuffle(&mut rand::rng());
         Peers {
             n,
             tiebreak,

@@ -8,7 +8,7 @@ use std::path::Path;
 use peermirror::keys::MasterKey;
 use peermirror::publish::{publish, PublishOptions};
 use peermirror::store::Store;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 use crate::harness::*;
 
@@ -54,16 +54,16 @@ fn random_operations_with_restarts_match_the_model() {
     let src = h.path("src");
     for step in 0..40 {
         let s = store.as_ref().unwrap();
-        match rng.gen_range(0..10) {
+        match rng.random_range(0..10) {
             // Change the tree and publish it.
             0..=4 => {
-                for _ in 0..rng.gen_range(1..4) {
-                    let name = format!("d{}/f{}", rng.gen_range(0..3), rng.gen_range(0..6));
-                    if rng.gen_bool(0.2) {
+                for _ in 0..rng.random_range(1..4) {
+                    let name = format!("d{}/f{}", rng.random_range(0..3), rng.random_range(0..6));
+                    if rng.random_bool(0.2) {
                         tree.remove(&name);
                     } else {
-                        let len = rng.gen_range(0..(600 << 10));
-                        tree.insert(name, random_bytes(len, rng.gen()));
+                        let len = rng.random_range(0..(600 << 10));
+                        tree.insert(name, random_bytes(len, rng.random()));
                     }
                 }
                 write_tree(&src, &tree);
@@ -72,7 +72,7 @@ fn random_operations_with_restarts_match_the_model() {
             }
             // Collect, keeping 1-3 versions.
             5 | 6 => {
-                let keep = rng.gen_range(1..4);
+                let keep = rng.random_range(1..4);
                 s.gc(keep).unwrap();
                 while model.len() > keep {
                     let oldest = *model.keys().next().unwrap();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 /// Deterministic random bytes.
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
