@@ -177,9 +177,9 @@ pub fn publish(
     })
 }
 
-/// Reads, cuts and hashes every file (on this thread and the hashing
-/// threads) while a writer thread stores the new chunks and commits them in
-/// batches, filling in each file's chunk list. Returns (files, bytes, new bytes).
+/// Reads and cuts every file on this thread while a writer thread hashes
+/// the chunks, stores the new ones and commits them in batches; then fills
+/// in each file's chunk list. Returns (files, bytes, new bytes).
 fn ingest(
     store: &Store,
     src: &Path,

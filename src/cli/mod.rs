@@ -143,7 +143,11 @@ pub fn data_dir(cli: &Cli) -> PathBuf {
 
 /// The exit code for an error: from the first typed error in its chain.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    ErrorKind::of(e.as_ref()).exit_code()
+    let kind = match e.downcast_ref::<peermirror::node::NodeError>() {
+        Some(n) => n.kind(),
+        None => ErrorKind::of(e.as_ref()),
+    };
+    kind.exit_code()
 }
 
 /// Reads the settings for a command: defaults, `defaults` (the command's

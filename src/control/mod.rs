@@ -106,7 +106,9 @@ impl ErrorKind {
     }
 
     /// The kind of a library error: the first error in its source chain
-    /// that says more than "failed".
+    /// that says more than "failed". Errors of the rooms above this one
+    /// (the node's) say their kind themselves and wrap it in a
+    /// [`CommandError`].
     pub fn of(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
         let mut cur = Some(e);
         while let Some(e) = cur {
@@ -122,7 +124,6 @@ impl ErrorKind {
     /// the error they wrap (their `source()` skips it).
     fn own(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
         use crate::keys::KeyError as K;
-        use crate::node::NodeError as N;
         use crate::publish::PublishError as P;
         use crate::store::StoreError as S;
         use crate::sync::SyncError as Y;
@@ -141,14 +142,6 @@ impl ErrorKind {
             return match p {
                 P::BadName(_) | P::NotADirectory(_) => Some(ErrorKind::Usage),
                 P::Store(s) => Some(Self::of(s)),
-                _ => None,
-            };
-        }
-        if let Some(n) = e.downcast_ref::<N>() {
-            return match n {
-                N::Store(s) => Some(Self::of(s)),
-                N::Publish(p) => Some(Self::of(p)),
-                N::Key(k) => Some(Self::of(k)),
                 _ => None,
             };
         }

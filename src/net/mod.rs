@@ -69,29 +69,6 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
 }
 
-impl Default for NetConfig {
-    /// Listens on an ephemeral loopback TCP port, no bootstrap peers, no
-    /// mDNS, Kademlia on, 60 s idle timeout.
-    fn default() -> Self {
-        Self {
-            listen: vec![loopback_tcp()],
-            bootstrap: Vec::new(),
-            mdns: false,
-            kademlia: true,
-            idle_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// `/ip4/127.0.0.1/tcp/0`.
-fn loopback_tcp() -> Multiaddr {
-    Multiaddr::empty()
-        .with(libp2p::multiaddr::Protocol::Ip4(
-            std::net::Ipv4Addr::LOCALHOST,
-        ))
-        .with(libp2p::multiaddr::Protocol::Tcp(0))
-}
-
 /// The data a node serves to its peers. Called on a blocking thread pool, so
 /// implementations may read from disk.
 pub trait ChunkProvider: Send + Sync + 'static {

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use crate::announce::SignedAnnouncement;
 use crate::config::{Config, ConfigError, LimitsSettings};
 use crate::control::status::{NodeInfo, PeerStatus, Status};
-use crate::control::{CommandError, Request, Response};
+use crate::control::{CommandError, ErrorKind, Request, Response};
 use crate::gossip::GossipMessage;
 use crate::keys::{CollectionId, KeyError, MasterKey};
 use crate::net::{self, Event, NetConfig};
@@ -150,6 +150,28 @@ pub enum NodeError {
     /// The control socket could not be served.
     #[error("control socket: {0}")]
     Control(std::io::Error),
+}
+
+impl NodeError {
+    /// What kind of failure, for exit codes and the control socket.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NodeError::Store(e) => ErrorKind::of(e),
+            NodeError::Publish(e) => ErrorKind::of(e),
+            NodeError::Key(e) => ErrorKind::of(e),
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+impl From<NodeError> for CommandError {
+    fn from(e: NodeError) -> Self {
+        let kind = e.kind();
+        CommandError {
+            kind,
+            ..CommandError::from_error(&e)
+        }
+    }
 }
 
 /// State shared by the node's tasks.
@@ -314,13 +336,8 @@ impl Node {
     /// Runs a control command: the same code path as on a store opened
     /// directly, plus announcing after a publish and the network's status.
     pub async fn call(&self, req: Request) -> Result<Response, CommandError> {
-        let err = |e: &(dyn std::error::Error + 'static)| CommandError::from_error(e);
         match req {
-            Request::Status => self
-                .status()
-                .await
-                .map(|s| Response::Status(Box::new(s)))
-                .map_err(|e| err(&e)),
+            Request::Status => Ok(Response::Status(Box::new(self.status().await?))),
             req => {
                 let publishing = matches!(req, Request::Publish { .. });
                 let store = self.inner.store.clone();
@@ -331,7 +348,7 @@ impl Node {
                 .await?;
                 if publishing {
                     if let Response::Published(r) = &resp {
-                        self.announce(&r.announcement).await.map_err(|e| err(&e))?;
+                        self.announce(&r.announcement).await?;
                     }
                 }
                 Ok(resp)
