@@ -9,7 +9,7 @@ use libp2p::PeerId;
 use tokio::sync::watch;
 
 use super::admission::{self, Admission, Reason};
-use super::{blocking, lock, Inner};
+use super::{lock, Inner};
 use crate::keys::CollectionId;
 
 /// How often every peer is asked for the latest announcements.
@@ -41,23 +41,12 @@ pub(super) async fn admit(
     bytes: &[u8],
     topic: Option<CollectionId>,
 ) -> Admission {
-    let i = inner.clone();
     let bytes = bytes.to_vec();
-    let a = blocking("admitting an announcement", move || {
-        Ok::<_, crate::task::TaskFailed>(admission::announcement(
-            &i.store,
-            &|c| i.follows(c),
-            topic,
-            &bytes,
-            crate::announce::now(),
-        ))
-    })
-    .await
-    .unwrap_or_else(|e| Admission::Ignore(Reason::Local(e.to_string())));
-    if let Admission::Accept(acc) = &a {
-        inner.wake(&acc.collection());
-    }
-    a
+    inner
+        .admit("admitting an announcement", move |store, followed, now| {
+            admission::announcement(store, followed, topic, &bytes, now)
+        })
+        .await
 }
 
 /// Logs an admission: accepted versions at info, rejections at warn,

@@ -201,6 +201,25 @@ impl Inner {
         lock(&self.followers).contains_key(c)
     }
 
+    /// Runs an admission on the blocking pool (it reads and writes the
+    /// store), then wakes the follower of whatever it accepted.
+    pub(crate) async fn admit(
+        self: &Arc<Self>,
+        what: &'static str,
+        f: impl FnOnce(&Store, &dyn Fn(&CollectionId) -> bool, u64) -> Admission + Send + 'static,
+    ) -> Admission {
+        let i = self.clone();
+        let a = blocking(what, move || {
+            Ok::<_, crate::task::TaskFailed>(f(&i.store, &|c| i.follows(c), crate::announce::now()))
+        })
+        .await
+        .unwrap_or_else(|e| Admission::Ignore(admission::Reason::Local(e.to_string())));
+        if let Admission::Accept(acc) = &a {
+            self.wake(&acc.collection());
+        }
+        a
+    }
+
     /// Wakes `c`'s follower, if any.
     pub(crate) fn wake(&self, c: &CollectionId) {
         if let Some(f) = lock(&self.followers).get(c) {
@@ -524,29 +543,12 @@ async fn handle_events(
                 source,
                 data,
             } => {
-                let topic = collection;
-                let i = inner.clone();
-                let admission = blocking("admitting gossip", move || {
-                    Ok::<_, crate::task::TaskFailed>(admission::gossip(
-                        &i.store,
-                        &|c| i.follows(c),
-                        topic,
-                        &data,
-                        crate::announce::now(),
-                    ))
-                })
-                .await;
-                let admission = match admission {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gossip admission failed");
-                        continue;
-                    }
-                };
+                let admission = inner
+                    .admit("admitting gossip", move |store, followed, now| {
+                        admission::gossip(store, followed, collection, &data, now)
+                    })
+                    .await;
                 latest::log(&admission, &source);
-                if let Admission::Accept(a) = &admission {
-                    inner.wake(&a.collection());
-                }
                 inner.client.report(msg_id, source, admission.verdict());
             }
             Event::PeerConnected(peer) => {
