@@ -5,5 +5,6 @@ mod util;
 mod cli;
 mod crash;
 mod daemon;
+mod http;
 mod network;
 mod store_model;
