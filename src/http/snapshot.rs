@@ -16,8 +16,12 @@ use crate::keys::CollectionId;
 use crate::manifest::Manifest;
 use crate::store::{CollectionInfo, ReadLease, StoreError};
 
-/// Decoded manifests kept for reuse.
+/// Decoded manifests kept for reuse...
 const CACHED_MANIFESTS: usize = 8;
+/// ... as long as they hold this many entries together (the most recent is
+/// always kept): a decoded entry costs a few hundred bytes, and a manifest
+/// may hold millions.
+const CACHED_ENTRIES: usize = 2_000_000;
 
 /// One version of one collection, leased for the length of a response.
 #[derive(Clone)]
@@ -67,6 +71,10 @@ impl ManifestCache {
         v.retain(|(k, _)| *k != id);
         v.insert(0, (id, m));
         v.truncate(CACHED_MANIFESTS);
+        while v.len() > 1 && v.iter().map(|(_, m)| m.entries.len()).sum::<usize>() > CACHED_ENTRIES
+        {
+            v.pop();
+        }
     }
 }
 
@@ -194,5 +202,19 @@ mod tests {
         c.put(Hash::of(b"new"), m.clone());
         assert!(c.get(&Hash::of(&[1])).is_some(), "a hit counts as use");
         assert!(c.get(&Hash::of(&[2])).is_none());
+        // Large manifests push the others out, but the newest stays.
+        let e = crate::manifest::Entry {
+            path: "d".into(),
+            kind: crate::manifest::EntryKind::Dir,
+        };
+        let big = Arc::new(Manifest {
+            entries: vec![e; CACHED_ENTRIES / 2 + 1],
+            ..(*m).clone()
+        });
+        c.put(Hash::of(b"big1"), big.clone());
+        c.put(Hash::of(b"big2"), big);
+        assert!(c.get(&Hash::of(b"big2")).is_some());
+        assert!(c.get(&Hash::of(b"big1")).is_none());
+        assert!(c.get(&Hash::of(b"new")).is_none());
     }
 }
