@@ -395,7 +395,7 @@ fn a_download_spanning_a_version_switch_ends_with_the_old_bytes() {
     let key = MasterKey::generate();
     let src = s.path("src");
     fs::create_dir_all(&src).unwrap();
-    let v1 = random_bytes(16 << 20, 1);
+    let v1 = random_bytes(24 << 20, 1);
     fs::write(src.join("big.img"), &v1).unwrap();
     s.publish(&key, "c", &src);
 
@@ -417,7 +417,7 @@ fn a_download_spanning_a_version_switch_ends_with_the_old_bytes() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let v2 = random_bytes(16 << 20, 2);
+    let v2 = random_bytes(24 << 20, 2);
     fs::write(src.join("big.img"), &v2).unwrap();
     assert_eq!(s.publish(&key, "c", &src), 2);
     let gc = s.store.gc(1).unwrap();
