@@ -10,6 +10,7 @@
 //! - [`store`]: the content-addressed store (sled index, chunk bodies in segment files),
 //!   with gc, verify and export.
 //! - [`publish`]: turning a directory into a new version.
+//! - [`http`]: the HTTP file gateway serving current versions to end users.
 //! - [`net`]: the libp2p swarm and wire protocols (chunks, have-maps, latest announcement).
 //! - [`gossip`]: messages on a collection's gossip topic.
 //! - [`sync`]: fetching a version's manifest and chunks from many peers at once.
@@ -30,6 +31,7 @@ pub mod control;
 pub mod demo;
 pub mod gossip;
 pub mod hash;
+pub mod http;
 pub mod keys;
 pub mod manifest;
 pub mod net;

@@ -17,7 +17,7 @@ use crate::announce::{self, valid_name, AnnounceError, Announcement, SignedAnnou
 use crate::chunk::{self, Block, ChunkerParams};
 use crate::hash::Hash;
 use crate::keys::MasterKey;
-use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest, ManifestError};
+use crate::manifest::{ChunkRef, Entry, EntryKind, FileMeta, Manifest, ManifestError, Timestamp};
 use crate::store::{Recorded, Store, StoreError};
 
 /// Commit a batch once this many new bytes are written, so a killed publish
@@ -124,10 +124,13 @@ pub fn publish(
     let skeleton = entries.iter().map(|e| Entry {
         path: e.path.clone(),
         kind: match &e.kind {
-            EntryKind::File { executable, .. } => EntryKind::File {
+            EntryKind::File {
+                executable, meta, ..
+            } => EntryKind::File {
                 size: 0,
                 executable: *executable,
                 chunks: Vec::new(),
+                meta: *meta,
             },
             k => k.clone(),
         },
@@ -177,9 +180,27 @@ pub fn publish(
     })
 }
 
+/// What the reading thread hands the writer thread.
+enum Work {
+    /// A window of the large file being read: its chunks, and bytes for the
+    /// file's running SHA-256.
+    Window(Block),
+    /// The large file being read ends (entry index): finish its SHA-256.
+    FileEnd(usize),
+    /// Small files gathered in one buffer: each range is one whole file,
+    /// whose entry index is alongside.
+    Small(Block, Vec<usize>),
+}
+
+/// What the writer thread returns: new bytes, chunk ids in send order, and
+/// (entry index, SHA-256) of every non-empty file.
+type Written = (u64, Vec<Hash>, Vec<(usize, [u8; 32])>);
+
 /// Reads and cuts every file on this thread while a writer thread hashes
-/// the chunks, stores the new ones and commits them in batches; then fills
-/// in each file's chunk list. Returns (files, bytes, new bytes).
+/// the chunks (blake3) and the files (SHA-256, from the same buffers, so
+/// each byte is read once), stores the new chunks and commits them in
+/// batches. Fills in each file's chunk list and SHA-256. Returns (files,
+/// bytes, new bytes).
 fn ingest(
     store: &Store,
     src: &Path,
@@ -189,15 +210,34 @@ fn ingest(
     progress: Progress<'_>,
 ) -> Result<(u64, u64, u64), PublishError> {
     // Two windows queued at most: memory stays flat whatever the data size.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Block>(2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(2);
     std::thread::scope(|s| {
         // The writer hashes too: cutting (reader) and hashing plus writing
         // (writer) then run on separate cores.
-        let writer = s.spawn(move || -> Result<(u64, Vec<Hash>), StoreError> {
+        let writer = s.spawn(move || -> Result<Written, StoreError> {
+            use sha2::Digest;
             let mut batch = store.batch();
             let mut since = (0u64, 0usize);
             let mut ids = Vec::new();
-            for (buf, ranges) in rx {
+            let mut sums = Vec::new();
+            let mut open_file = sha2::Sha256::new();
+            for work in rx {
+                let (buf, ranges) = match work {
+                    Work::Window(block) => {
+                        open_file.update(&block.0[..]);
+                        block
+                    }
+                    Work::FileEnd(i) => {
+                        sums.push((i, open_file.finalize_reset().into()));
+                        continue;
+                    }
+                    Work::Small(block, owners) => {
+                        for (r, i) in block.1.iter().zip(owners) {
+                            sums.push((i, sha2::Sha256::digest(&block.0[r.clone()]).into()));
+                        }
+                        block
+                    }
+                };
                 for r in ranges {
                     let len = r.len() as u64;
                     let data = &buf[r];
@@ -214,7 +254,7 @@ fn ingest(
                 }
             }
             batch.commit()?;
-            Ok((batch.new_bytes(), ids))
+            Ok((batch.new_bytes(), ids, sums))
         });
         let read = read_files(src, entries, params, total, progress, &tx);
         drop(tx);
@@ -222,8 +262,9 @@ fn ingest(
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         // A store error stops the reader too; report the store's cause first.
-        let (new_bytes, ids) = written?;
+        let (new_bytes, ids, sums) = written?;
         let (files, bytes) = read?;
+        set_sha256(entries, sums)?;
         // Blocks went out in entry order, so the ids come back in that order.
         let mut ids = ids.into_iter();
         for e in entries.iter_mut() {
@@ -240,6 +281,33 @@ fn ingest(
     })
 }
 
+/// Records each file's SHA-256 (a file with no entry in `sums` was empty).
+fn set_sha256(entries: &mut [Entry], sums: Vec<(usize, [u8; 32])>) -> Result<(), PublishError> {
+    use sha2::Digest;
+    let empty: [u8; 32] = sha2::Sha256::digest(b"").into();
+    let mut sums: std::collections::HashMap<usize, [u8; 32]> = sums.into_iter().collect();
+    for (i, e) in entries.iter_mut().enumerate() {
+        if let EntryKind::File {
+            size,
+            meta: Some(meta),
+            ..
+        } = &mut e.kind
+        {
+            meta.sha256 = match sums.remove(&i) {
+                Some(sum) => sum,
+                None if *size == 0 => empty,
+                None => {
+                    return Err(PublishError::Store(StoreError::Io {
+                        context: "publish".into(),
+                        source: io::Error::other(format!("no SHA-256 for {}", e.path)),
+                    }))
+                }
+            };
+        }
+    }
+    Ok(())
+}
+
 /// Small files gathered into one block before hashing and writing, so a
 /// tree of many small files costs one hand-off per few MiB, not per file.
 const SMALL_BLOCK: usize = 4 << 20;
@@ -250,10 +318,10 @@ fn read_files(
     params: &ChunkerParams,
     total: u64,
     progress: Progress<'_>,
-    tx: &std::sync::mpsc::SyncSender<Block>,
+    tx: &std::sync::mpsc::SyncSender<Work>,
 ) -> Result<(u64, u64), PublishError> {
-    let send = |block: Block| {
-        tx.send(block)
+    let send = |work: Work| {
+        tx.send(work)
             .map_err(|_| io::Error::other("the chunk writer stopped"))
     };
     let mut done = 0u64;
@@ -270,14 +338,16 @@ fn read_files(
         }
         let (buf, list) = std::mem::take(small);
         let mut ranges = Vec::with_capacity(list.len());
+        let mut owners = Vec::with_capacity(list.len());
         for (i, r) in list {
             if let EntryKind::File { chunks, .. } = &mut entries[i].kind {
                 chunks.push(placeholder(r.len()));
             }
             ranges.push(r);
+            owners.push(i);
         }
         small.0 = Vec::with_capacity(SMALL_BLOCK);
-        send((Arc::new(buf), ranges))
+        send(Work::Small((Arc::new(buf), ranges), owners))
     };
     for i in 0..entries.len() {
         let EntryKind::File { size, .. } = entries[i].kind else {
@@ -319,9 +389,10 @@ fn read_files(
                     actual += buf.len() as u64;
                     done += buf.len() as u64;
                     progress(done, total.max(done));
-                    send((buf, cs))
+                    send(Work::Window((buf, cs)))
                 })
                 .map_err(read_err)?;
+                send(Work::FileEnd(i)).map_err(read_err)?;
             }
         } else {
             // Small files before this one go first: ids come back in send order.
@@ -334,9 +405,10 @@ fn read_files(
                 actual += buf.len() as u64;
                 done += buf.len() as u64;
                 progress(done, total.max(done));
-                send((buf, cs))
+                send(Work::Window((buf, cs)))
             })
             .map_err(read_err)?;
+            send(Work::FileEnd(i)).map_err(read_err)?;
         }
         // The file may have changed size since the scan: record what was read.
         if let EntryKind::File { size, .. } = &mut entries[i].kind {
@@ -360,8 +432,8 @@ fn placeholder(len: usize) -> ChunkRef {
     }
 }
 
-/// Lists a tree as manifest entries (files with their scanned size and no
-/// chunks yet), sorted.
+/// Lists a tree as manifest entries (files with their scanned size and
+/// modification time, no chunks and no SHA-256 yet), sorted.
 pub fn scan(src: &Path) -> Result<Vec<Entry>, PublishError> {
     let mut out = Vec::new();
     for item in walkdir::WalkDir::new(src).follow_links(false).min_depth(1) {
@@ -399,6 +471,14 @@ pub fn scan(src: &Path) -> Result<Vec<Entry>, PublishError> {
                 size: md.len(),
                 executable: md.permissions().mode() & 0o100 != 0,
                 chunks: Vec::new(),
+                // The SHA-256 is filled in as the file is read.
+                meta: Some(FileMeta {
+                    modified: md
+                        .modified()
+                        .map(Timestamp::from_system_time)
+                        .unwrap_or_default(),
+                    sha256: [0; 32],
+                }),
             }
         } else {
             return Err(PublishError::SpecialFile(item.path().to_path_buf()));
@@ -407,4 +487,84 @@ pub fn scan(src: &Path) -> Result<Vec<Entry>, PublishError> {
     }
     out.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use sha2::Digest;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+        v
+    }
+
+    /// Every kind of file (empty, gathered small ones, one cut over several
+    /// windows) gets its SHA-256 and modification time, and export restores
+    /// the times.
+    #[test]
+    fn files_carry_sha256_and_mtime_through_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("tree");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        let files: Vec<(&str, Vec<u8>)> = vec![
+            ("big", random(chunk::WINDOW + (3 << 20), 1)),
+            ("d/small1", random(1000, 2)),
+            ("d/small2", random(200 << 10, 3)),
+            ("empty", Vec::new()),
+            ("mid", random(300 << 10, 4)),
+        ];
+        for (i, (p, data)) in files.iter().enumerate() {
+            let path = src.join(p);
+            std::fs::write(&path, data).unwrap();
+            let t = UNIX_EPOCH + Duration::new(1_600_000_000 + i as u64 * 1000, 123_456_789);
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let key = MasterKey::generate();
+        let opts = PublishOptions {
+            name: Some("t".into()),
+            ..Default::default()
+        };
+        let report = publish(&store, &key, &src, &opts, &mut |_, _| {}).unwrap();
+        let m = store.manifest(&report.announcement.body.manifest).unwrap();
+        assert_eq!(m.format, crate::manifest::FORMAT);
+        for (i, (p, data)) in files.iter().enumerate() {
+            let EntryKind::File {
+                meta: Some(meta), ..
+            } = &m.get(p).unwrap().kind
+            else {
+                panic!("{p} has no metadata");
+            };
+            let want: [u8; 32] = sha2::Sha256::digest(data).into();
+            assert_eq!(meta.sha256, want, "{p}");
+            assert_eq!(
+                meta.modified,
+                Timestamp {
+                    secs: 1_600_000_000 + i as i64 * 1000,
+                    nanos: 123_456_789
+                },
+                "{p}"
+            );
+        }
+        let out = dir.path().join("out");
+        store.export(&key.collection(), None, &out, false).unwrap();
+        for (i, (p, data)) in files.iter().enumerate() {
+            let md = std::fs::metadata(out.join(p)).unwrap();
+            assert_eq!(std::fs::read(out.join(p)).unwrap(), *data);
+            assert_eq!(
+                md.modified().unwrap(),
+                UNIX_EPOCH + Duration::new(1_600_000_000 + i as u64 * 1000, 123_456_789),
+                "{p}"
+            );
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! atomically. The tree is built in a temporary sibling of the destination,
 //! flushed to disk, and renamed into place (swapped with `RENAME_EXCHANGE`
 //! when the destination exists), so readers see the old tree or the new one,
-//! never a mix. Every chunk is verified as it is read.
+//! never a mix. Every chunk is verified as it is read, and each file gets
+//! back the modification time the manifest recorded (format 2).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -119,6 +120,7 @@ impl Store {
                     size,
                     executable,
                     chunks,
+                    meta,
                 } => {
                     let ctx = || format!("writing {}", path.display());
                     let mut f = OpenOptions::new()
@@ -133,6 +135,9 @@ impl Store {
                     let mode = if *executable { 0o755 } else { 0o644 };
                     f.set_permissions(fs::Permissions::from_mode(mode))
                         .map_err(io_ctx(ctx()))?;
+                    if let Some(t) = meta.and_then(|m| m.modified.to_system_time()) {
+                        f.set_modified(t).map_err(io_ctx(ctx()))?;
+                    }
                     r.files += 1;
                     r.bytes += size;
                 }

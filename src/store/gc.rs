@@ -1,6 +1,7 @@
 //! Garbage collection: drop versions beyond the retention count, then every
-//! manifest and chunk no retained version references, and give the disk
-//! space back (whole segment files deleted, holes punched in the rest).
+//! manifest and chunk no retained version (and no read lease, see
+//! [`super::ReadLease`]) references, and give the disk space back (whole
+//! segment files deleted, holes punched in the rest).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -59,12 +60,20 @@ impl Store {
             }
         }
 
-        // 2. Manifests, and the chunks the live ones reference.
-        let mut live_chunks: HashSet<Hash> = HashSet::new();
+        // 2. Manifests, and the chunks the live ones reference. A manifest
+        //    that a reader holds a lease on stays live, with its chunks, for
+        //    this run; leases on the dropped ones are refused from here on.
+        let mut stored = Vec::new();
         for kv in self.manifests.iter() {
             let (k, _) = kv?;
-            let id = Hash(k.as_ref().try_into().unwrap_or([0; 32]));
-            if !live_manifests.contains(&id) {
+            stored.push((Hash(k.as_ref().try_into().unwrap_or([0; 32])), k));
+        }
+        let candidates = stored.iter().map(|(id, _)| *id).collect();
+        let (doomed, _doomed_until_done) = self.leases.doom(&mut live_manifests, candidates);
+        let doomed: HashSet<Hash> = doomed.into_iter().collect();
+        let mut live_chunks: HashSet<Hash> = HashSet::new();
+        for (id, k) in stored {
+            if doomed.contains(&id) {
                 self.manifests.remove(k)?;
                 report.manifests_dropped += 1;
                 continue;

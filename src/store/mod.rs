@@ -2,10 +2,13 @@
 //! else in sled.
 //!
 //! Nothing outside this module touches sled or the segment files. sled holds
-//! five trees: `chunks` (id -> [`Loc`]), `segments` (segment -> durable
+//! six trees: `chunks` (id -> [`Loc`]), `segments` (segment -> durable
 //! length), `manifests` (manifest id -> the chunks of its encoding),
 //! `collections` (collection id -> name, current and newest accepted
-//! version) and `versions` (collection id + version -> signed announcement).
+//! version), `versions` (collection id + version -> signed announcement) and
+//! `switches` (collection id -> the version current before the last switch,
+//! and when it happened, for readers that serve the previous version for a
+//! while).
 //!
 //! Crash safety follows from the order of writes: chunk bytes are appended
 //! and fsynced before their index entries are written and flushed
@@ -16,6 +19,7 @@
 mod batch;
 mod export;
 mod gc;
+mod lease;
 mod segments;
 mod verify;
 
@@ -36,6 +40,7 @@ use crate::manifest::{ChunkRef, Manifest, ManifestError};
 pub use batch::Batch;
 pub use export::ExportReport;
 pub use gc::GcReport;
+pub use lease::ReadLease;
 pub use segments::Loc;
 use segments::Segments;
 pub use verify::{Problem, VerifyReport};
@@ -154,6 +159,15 @@ pub struct CollectionInfo {
     pub versions: Vec<u64>,
 }
 
+/// The last time a collection's current version changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switch {
+    /// The version that was current before.
+    pub previous: u64,
+    /// When the new version became current, in seconds since the Unix epoch.
+    pub at: u64,
+}
+
 /// Totals for `status`.
 #[derive(Clone, Debug, Default)]
 pub struct StoreStats {
@@ -174,7 +188,10 @@ pub struct Store {
     manifests: sled::Tree,
     collections: sled::Tree,
     versions: sled::Tree,
+    switches: sled::Tree,
     segs: Segments,
+    /// Manifests that readers are still streaming from; gc keeps them.
+    leases: lease::Leases,
     /// Batches hold it shared; gc holds it exclusively, so it never frees
     /// space that an uncommitted batch has just written.
     gate: RwLock<()>,
@@ -207,8 +224,10 @@ impl Store {
             manifests: db.open_tree("manifests")?,
             collections: db.open_tree("collections")?,
             versions: db.open_tree("versions")?,
+            switches: db.open_tree("switches")?,
             segment_lens,
             segs,
+            leases: lease::Leases::default(),
             db,
             gate: RwLock::new(()),
             records: std::sync::Mutex::new(()),
@@ -250,6 +269,41 @@ impl Store {
             });
         }
         Ok(data)
+    }
+
+    /// Drops a chunk from the index if it is still corrupt on disk (what
+    /// `verify --repair` does for every corrupt chunk), so it is served to no
+    /// one and fetched or published again. A reader that met a corrupt chunk
+    /// calls this; the chunk is read and hashed once more first, so a chunk
+    /// that reads back fine stays. Returns whether it was dropped.
+    pub fn drop_corrupt_chunk(&self, id: &Hash) -> Result<bool> {
+        match self.read_chunk(id) {
+            Ok(_) | Err(StoreError::MissingChunk(_)) => Ok(false),
+            Err(StoreError::CorruptChunk { why, .. }) => {
+                tracing::warn!(chunk = %id, %why, "dropping corrupt chunk from the index");
+                self.chunks.remove(id.as_bytes())?;
+                self.db.flush()?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes a read lease on a stored manifest: until it is dropped, gc
+    /// keeps the manifest and every chunk it names, even once its version is
+    /// no longer retained. Fails with [`StoreError::MissingManifest`] if the
+    /// manifest is not stored or a running gc is dropping it.
+    pub fn lease_manifest(&self, id: &Hash) -> Result<ReadLease> {
+        let lease = self
+            .leases
+            .take(id)
+            .ok_or(StoreError::MissingManifest(*id))?;
+        // Registered first, checked second: a gc that ran before the lease
+        // may already have dropped it.
+        if !self.has_manifest(id)? {
+            return Err(StoreError::MissingManifest(*id));
+        }
+        Ok(lease)
     }
 
     /// Starts a batch of chunk writes.
@@ -404,11 +458,30 @@ impl Store {
         if rec.current.is_some_and(|c| c >= version) {
             return Ok(());
         }
+        if let Some(previous) = rec.current {
+            let switch = Switch {
+                previous,
+                at: crate::announce::now(),
+            };
+            self.switches
+                .insert(id.0, postcard::to_stdvec(&switch).unwrap_or_default())?;
+        }
         rec.current = Some(version);
         rec.name = a.body.name.clone();
         self.put_collection_record(id, &rec)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The last change of a collection's current version, if it ever changed.
+    pub fn last_switch(&self, id: &CollectionId) -> Result<Option<Switch>> {
+        self.switches
+            .get(id.0)?
+            .map(|v| {
+                postcard::from_bytes(&v)
+                    .map_err(|e| StoreError::CorruptIndex(format!("switch of {id}: {e}")))
+            })
+            .transpose()
     }
 
     /// A stored announcement of one version.

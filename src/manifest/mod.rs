@@ -1,11 +1,16 @@
 //! Manifests: one version of a collection, as a list of paths.
 //!
 //! A manifest lists every directory, file and symlink of a version with the
-//! ordered chunk list of each file. It is encoded deterministically with
-//! postcard (entries sorted by path bytes, no maps), so its blake3 hash is its
-//! identity. Decoding re-encodes and compares, so one manifest has exactly one
-//! encoding, and [`Manifest::validate`] rejects anything that could write
-//! outside the export directory or make a node allocate absurd amounts.
+//! ordered chunk list of each file, and (since format 2) each file's
+//! modification time and SHA-256, which HTTP clients and `sha256sum` need.
+//! It is encoded deterministically with postcard (entries sorted by path
+//! bytes, no maps), so its blake3 hash is its identity. Decoding re-encodes
+//! and compares, so one manifest has exactly one encoding, and
+//! [`Manifest::validate`] rejects anything that could write outside the
+//! export directory or make a node allocate absurd amounts. Format 1
+//! manifests (no file metadata) are still read, and keep their encoding and
+//! id; new manifests are written in format 2. The byte layouts live in
+//! [`wire`].
 
 use std::collections::HashMap;
 
@@ -14,8 +19,12 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::ChunkerParams;
 use crate::hash::Hash;
 
-/// Encoding version of [`Manifest`].
-pub const FORMAT: u32 = 1;
+mod wire;
+
+/// Encoding version of the manifests this node writes.
+pub const FORMAT: u32 = 2;
+/// The first format: files without modification time or SHA-256. Still read.
+pub const FORMAT_V1: u32 = 1;
 /// Most entries a manifest may hold.
 pub const MAX_ENTRIES: usize = 20_000_000;
 /// Longest path, in bytes (Linux PATH_MAX).
@@ -36,8 +45,67 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+/// A point in time as seconds and nanoseconds since the Unix epoch (negative
+/// seconds are before 1970), the precision file systems record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Whole seconds since 1970-01-01 00:00:00 UTC.
+    pub secs: i64,
+    /// Nanoseconds within the second, below 1,000,000,000.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// The time as a `SystemTime`, if it can be represented.
+    pub fn to_system_time(self) -> Option<std::time::SystemTime> {
+        use std::time::{Duration, UNIX_EPOCH};
+        if self.nanos >= 1_000_000_000 {
+            return None;
+        }
+        let t = if self.secs >= 0 {
+            UNIX_EPOCH.checked_add(Duration::from_secs(self.secs as u64))?
+        } else {
+            UNIX_EPOCH.checked_sub(Duration::from_secs(self.secs.unsigned_abs()))?
+        };
+        t.checked_add(Duration::from_nanos(self.nanos as u64))
+    }
+
+    /// A `SystemTime` as a timestamp (times beyond ±2^63 s saturate).
+    pub fn from_system_time(t: std::time::SystemTime) -> Self {
+        use std::time::UNIX_EPOCH;
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp {
+                secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nanos: d.subsec_nanos(),
+            },
+            Err(e) => {
+                // Before the epoch: floor to whole seconds, nanos counted forward.
+                let d = e.duration();
+                let mut secs = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                let mut nanos = d.subsec_nanos();
+                if nanos > 0 {
+                    secs = secs.saturating_sub(1);
+                    nanos = 1_000_000_000 - nanos;
+                }
+                Timestamp { secs, nanos }
+            }
+        }
+    }
+}
+
+/// What HTTP and checksum tools need about a file besides its bytes
+/// (format 2 and later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// The source file's modification time when it was published; export
+    /// restores it and the HTTP gateway sends it as `Last-Modified`.
+    pub modified: Timestamp,
+    /// SHA-256 of the file's bytes, for `SHA256SUMS` and strong ETags.
+    pub sha256: [u8; 32],
+}
+
 /// What a path is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     /// A directory (listed so empty directories survive).
     Dir,
@@ -49,6 +117,8 @@ pub enum EntryKind {
         executable: bool,
         /// The chunks, in order.
         chunks: Vec<ChunkRef>,
+        /// Modification time and SHA-256: present in format 2, absent in format 1.
+        meta: Option<FileMeta>,
     },
     /// A symbolic link with a relative target that stays inside the tree.
     Symlink {
@@ -58,7 +128,7 @@ pub enum EntryKind {
 }
 
 /// One path of a version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// Relative path with `/` separators.
     pub path: String,
@@ -67,9 +137,9 @@ pub struct Entry {
 }
 
 /// One version of a collection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
-    /// [`FORMAT`].
+    /// [`FORMAT`], or [`FORMAT_V1`] for a manifest read in the old format.
     pub format: u32,
     /// How the files were cut.
     pub chunker: ChunkerParams,
@@ -122,10 +192,20 @@ pub enum ManifestError {
     /// More entries than [`MAX_ENTRIES`].
     #[error("too many entries: {0}")]
     TooManyEntries(usize),
+    /// File metadata missing where the format requires it, present where it
+    /// has no place, or out of range.
+    #[error("bad metadata for {path:?}: {why}")]
+    BadMeta {
+        /// The offending path.
+        path: String,
+        /// What is wrong.
+        why: &'static str,
+    },
 }
 
 impl Manifest {
-    /// A manifest of `entries` (sorted here) with the default chunker.
+    /// A manifest of `entries` (sorted here) in the current [`FORMAT`]:
+    /// every file must carry its [`FileMeta`].
     pub fn new(mut entries: Vec<Entry>, chunker: ChunkerParams) -> Self {
         entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
         Manifest {
@@ -135,16 +215,15 @@ impl Manifest {
         }
     }
 
-    /// The canonical encoding.
+    /// The canonical encoding, in the manifest's own format.
     pub fn encode(&self) -> Vec<u8> {
-        // Serialising plain structs and vectors into a Vec cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+        wire::encode(self)
     }
 
-    /// Decodes and validates; only the canonical encoding is accepted.
+    /// Decodes (either format) and validates; only the canonical encoding
+    /// is accepted.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let m: Manifest =
-            postcard::from_bytes(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let m = wire::decode(bytes)?;
         m.validate()?;
         if m.encode() != bytes {
             return Err(ManifestError::Malformed(
@@ -166,6 +245,7 @@ impl Manifest {
                 size,
                 executable,
                 chunks,
+                ..
             } => Some((e.path.as_str(), *size, *executable, chunks.as_slice())),
             _ => None,
         })
@@ -181,7 +261,7 @@ impl Manifest {
 
     /// Checks every rule a manifest from an untrusted peer must meet.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if self.format != FORMAT {
+        if self.format != FORMAT && self.format != FORMAT_V1 {
             return Err(ManifestError::UnsupportedFormat(self.format));
         }
         if !self.chunker.is_supported() {
@@ -200,7 +280,11 @@ impl Manifest {
             }
             prev = Some(&e.path);
             kinds.insert(&e.path, &e.kind);
-            if let EntryKind::File { size, chunks, .. } = &e.kind {
+            if let EntryKind::File {
+                size, chunks, meta, ..
+            } = &e.kind
+            {
+                check_meta(&e.path, self.format, meta.as_ref())?;
                 total = total.saturating_add(check_file(&e.path, *size, chunks, &self.chunker)?);
                 if total > MAX_TOTAL_SIZE {
                     return Err(ManifestError::BadSize {
@@ -256,6 +340,22 @@ fn check_path(path: &str) -> Result<(), ManifestError> {
         }
     }
     Ok(())
+}
+
+fn check_meta(path: &str, format: u32, meta: Option<&FileMeta>) -> Result<(), ManifestError> {
+    let bad = |why| ManifestError::BadMeta {
+        path: path.to_string(),
+        why,
+    };
+    match (format, meta) {
+        (FORMAT_V1, None) => Ok(()),
+        (FORMAT_V1, Some(_)) => Err(bad("format 1 files carry no metadata")),
+        (_, None) => Err(bad("file metadata missing")),
+        (_, Some(m)) if m.modified.nanos >= 1_000_000_000 => {
+            Err(bad("modification time nanoseconds out of range"))
+        }
+        (_, Some(_)) => Ok(()),
+    }
 }
 
 fn check_file(
@@ -327,214 +427,4 @@ fn check_symlink(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(path: &str, data: &[u8]) -> Entry {
-        let chunks = if data.is_empty() {
-            vec![]
-        } else {
-            vec![ChunkRef {
-                id: Hash::of(data),
-                len: data.len() as u32,
-            }]
-        };
-        Entry {
-            path: path.into(),
-            kind: EntryKind::File {
-                size: data.len() as u64,
-                executable: false,
-                chunks,
-            },
-        }
-    }
-
-    fn link(path: &str, target: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::Symlink {
-                target: target.into(),
-            },
-        }
-    }
-
-    fn dir(path: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::Dir,
-        }
-    }
-
-    fn check(entries: Vec<Entry>) -> Result<(), ManifestError> {
-        Manifest::new(entries, ChunkerParams::default()).validate()
-    }
-
-    fn invalid_path(p: &str) -> bool {
-        matches!(
-            check(vec![file(p, b"x")]),
-            Err(ManifestError::InvalidPath { .. })
-        )
-    }
-
-    #[test]
-    fn round_trip_is_canonical() {
-        let m = Manifest::new(
-            vec![
-                file("b/x.bin", b"hello"),
-                dir("b"),
-                link("a", "b/x.bin"),
-                file("empty", b""),
-            ],
-            ChunkerParams::default(),
-        );
-        m.validate().unwrap();
-        let bytes = m.encode();
-        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
-        assert_eq!(m.total_bytes(), 5);
-        assert!(m.get("b/x.bin").is_some());
-        assert!(m.get("nope").is_none());
-    }
-
-    #[test]
-    fn rejects_absolute_paths() {
-        assert!(invalid_path("/etc/passwd"));
-    }
-
-    #[test]
-    fn rejects_dot_dot() {
-        assert!(invalid_path("../x"));
-        assert!(invalid_path("a/../../x"));
-        assert!(invalid_path("a/./x"));
-    }
-
-    #[test]
-    fn rejects_empty_components_and_empty_paths() {
-        assert!(invalid_path("a//b"));
-        assert!(invalid_path("a/"));
-        assert!(invalid_path(""));
-    }
-
-    #[test]
-    fn rejects_nul_and_overlong() {
-        assert!(invalid_path("a\0b"));
-        assert!(invalid_path(&"x".repeat(300)));
-        assert!(invalid_path(&"abc/".repeat(1100)));
-    }
-
-    #[test]
-    fn rejects_duplicate_paths() {
-        let mut m = Manifest::new(
-            vec![file("a", b"1"), file("b", b"2")],
-            ChunkerParams::default(),
-        );
-        m.entries[1].path = "a".into();
-        assert_eq!(m.validate(), Err(ManifestError::DuplicatePath("a".into())));
-    }
-
-    #[test]
-    fn rejects_unsorted_paths() {
-        let mut m = Manifest::new(
-            vec![file("a", b"1"), file("b", b"2")],
-            ChunkerParams::default(),
-        );
-        m.entries.swap(0, 1);
-        assert!(matches!(m.validate(), Err(ManifestError::DuplicatePath(_))));
-    }
-
-    #[test]
-    fn rejects_paths_below_files_and_links() {
-        assert!(matches!(
-            check(vec![file("a", b"1"), file("a/b", b"2")]),
-            Err(ManifestError::ParentNotDir(_))
-        ));
-        assert!(matches!(
-            check(vec![link("a", "."), file("a/b", b"2")]),
-            Err(ManifestError::ParentNotDir(_))
-        ));
-    }
-
-    #[test]
-    fn rejects_escaping_symlinks() {
-        let esc = |e| matches!(check(e), Err(ManifestError::SymlinkEscapes { .. }));
-        assert!(esc(vec![link("a", "/etc/passwd")]));
-        assert!(esc(vec![link("a", "../outside")]));
-        assert!(esc(vec![dir("d"), link("d/a", "../../x")]));
-        assert!(esc(vec![link("a", "")]));
-        // `..` after a component that is itself a link: the OS would follow it first.
-        assert!(esc(vec![
-            dir("d"),
-            dir("d/e"),
-            link("d/e/up", "../.."),
-            link("z", "d/e/up/../..")
-        ]));
-        // Inside the tree is fine, including `..` that stays within.
-        assert!(check(vec![dir("d"), link("d/a", "../b"), file("b", b"1")]).is_ok());
-        assert!(check(vec![link("a", "./b"), file("b", b"1")]).is_ok());
-    }
-
-    #[test]
-    fn rejects_sizes_that_do_not_add_up() {
-        let mut e = file("a", b"abc");
-        if let EntryKind::File { size, .. } = &mut e.kind {
-            *size = 4;
-        }
-        assert!(matches!(check(vec![e]), Err(ManifestError::BadSize { .. })));
-    }
-
-    #[test]
-    fn rejects_absurd_sizes() {
-        let id = Hash::of(b"x");
-        let huge = Entry {
-            path: "big".into(),
-            kind: EntryKind::File {
-                size: MAX_FILE_SIZE + 1,
-                executable: false,
-                chunks: vec![ChunkRef { id, len: 1 }],
-            },
-        };
-        assert!(matches!(
-            check(vec![huge]),
-            Err(ManifestError::BadSize { .. })
-        ));
-        let oversized_chunk = Entry {
-            path: "c".into(),
-            kind: EntryKind::File {
-                size: 64 << 20,
-                executable: false,
-                chunks: vec![ChunkRef { id, len: 64 << 20 }],
-            },
-        };
-        assert!(matches!(
-            check(vec![oversized_chunk]),
-            Err(ManifestError::BadSize { .. })
-        ));
-    }
-
-    #[test]
-    fn rejects_unknown_format_and_chunker() {
-        let mut m = Manifest::new(vec![], ChunkerParams::default());
-        m.format = 9;
-        assert_eq!(m.validate(), Err(ManifestError::UnsupportedFormat(9)));
-        let mut m = Manifest::new(vec![], ChunkerParams::default());
-        m.chunker.algorithm = "other".into();
-        assert!(matches!(
-            m.validate(),
-            Err(ManifestError::UnsupportedChunker(_))
-        ));
-    }
-
-    #[test]
-    fn rejects_garbage_and_non_canonical_bytes() {
-        assert!(matches!(
-            Manifest::decode(b"\xff\xff\xff"),
-            Err(ManifestError::Malformed(_))
-        ));
-        let m = Manifest::new(vec![file("a", b"1")], ChunkerParams::default());
-        let mut bytes = m.encode();
-        bytes.push(0);
-        assert!(matches!(
-            Manifest::decode(&bytes),
-            Err(ManifestError::Malformed(_))
-        ));
-    }
-}
+mod tests;
