@@ -15,6 +15,11 @@
 //! [store]
 //! keep = 2
 //!
+//! [http]
+//! listen = ""            # e.g. "0.0.0.0:8080"; empty: no HTTP
+//! grace_secs = 600
+//! max_connections = 1024
+//!
 //! [limits]
 //! max_connections = 256
 //! max_connections_per_ip = 16
@@ -49,6 +54,8 @@ pub struct Config {
     pub net: NetSettings,
     /// Store.
     pub store: StoreSettings,
+    /// The HTTP file gateway for end users.
+    pub http: HttpSettings,
     /// Resource limits (each documented with its default in docs/security.md).
     pub limits: LimitsSettings,
     /// Logging.
@@ -104,6 +111,29 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings { keep: 2 }
+    }
+}
+
+/// `[http]`: serving the files to people (curl, wget, browsers, apt).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to serve on (`0.0.0.0:8080`, `[::]:8080`); empty: no HTTP.
+    pub listen: String,
+    /// Seconds after a version switch during which a path the new version
+    /// dropped is still served from the previous one.
+    pub grace_secs: u64,
+    /// Connections served at once; more are closed right after accept.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: String::new(),
+            grace_secs: 600,
+            max_connections: 1024,
+        }
     }
 }
 

@@ -30,6 +30,9 @@ pub struct NetArgs {
     /// Versions to keep per collection.
     #[arg(long)]
     pub keep: Option<usize>,
+    /// Serve the files to people over HTTP on ADDRESS:PORT (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub http: Option<String>,
 }
 
 /// The settings of a node command: flags on top of the environment, the
@@ -62,6 +65,9 @@ pub fn settings_for(
     }
     if let Some(k) = args.keep {
         flags = flags.set("store.keep", k);
+    }
+    if let Some(h) = &args.http {
+        flags = flags.set("http.listen", h);
     }
     let mut s = super::settings(file, data, defaults, flags)?;
     // Collections named on the command line add to those of the file.
@@ -106,6 +112,9 @@ pub fn run(file: Option<&Path>, data: &Path, args: &NetArgs, follow: &[String]) 
         println!("peer id {}", node.peer_id());
         for a in node.listen_addrs().await {
             println!("listening on {a}");
+        }
+        if let Some(a) = node.http_addr() {
+            println!("serving HTTP on http://{a}/");
         }
         use std::io::Write;
         std::io::stdout().flush().ok();

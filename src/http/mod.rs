@@ -77,17 +77,30 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
 }
 
-impl Default for HttpConfig {
-    /// Loopback port 8080, 10 minutes of grace, 1024 connections, 10 s to drain.
-    fn default() -> Self {
+impl HttpConfig {
+    /// The gateway `[http]` describes, listening on `listen`.
+    pub fn from_settings(listen: SocketAddr, s: &crate::config::HttpSettings) -> Self {
         HttpConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            grace: Duration::from_secs(600),
-            max_connections: 1024,
-            shutdown_timeout: Duration::from_secs(10),
+            listen,
+            grace: Duration::from_secs(s.grace_secs),
+            max_connections: s.max_connections,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
         }
     }
 }
+
+impl Default for HttpConfig {
+    /// The `[http]` defaults, on loopback port 8080.
+    fn default() -> Self {
+        HttpConfig::from_settings(
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            &crate::config::HttpSettings::default(),
+        )
+    }
+}
+
+/// How long a shutdown waits for responses in flight before cutting them.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the gateway stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,8 @@ pub(crate) struct Follower {
     pub(crate) in_progress: AtomicU64,
     /// Progress of the current download.
     pub(crate) progress: Progress,
+    /// A chunk was dropped as corrupt: check the current version is whole.
+    pub(crate) repair: std::sync::atomic::AtomicBool,
 }
 
 /// Runs until shutdown.
@@ -53,6 +55,35 @@ pub(crate) async fn run(
     }
 }
 
+/// Fetches again the chunks of the current version that are missing (the
+/// HTTP gateway dropped a corrupt one), so it is served whole again.
+async fn repair(
+    inner: &Arc<Inner>,
+    c: CollectionId,
+    cur: &crate::announce::SignedAnnouncement,
+    me: &Follower,
+) -> Result<(), SyncError> {
+    let s = inner.store.clone();
+    let id = cur.body.manifest;
+    let missing = blocking::<_, StoreError>("checking the current version", move || {
+        s.missing_chunks(&s.manifest(&id)?)
+    })
+    .await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(collection = %c, chunks = missing.len(), "fetching chunks of the current version again");
+    let stopping = || inner.stopping.load(Ordering::Relaxed);
+    sync::fetch_chunks(
+        &inner.client,
+        &inner.store,
+        missing,
+        &me.progress,
+        &stopping,
+    )
+    .await
+}
+
 /// Fetches the newest accepted version if it is not current. Returns
 /// whether a version became current.
 async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool, SyncError> {
@@ -65,7 +96,10 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         return Ok(false);
     };
     let v = target.body.version;
-    if current.as_ref().is_some_and(|a| a.body.version >= v) {
+    if let Some(cur) = current.as_ref().filter(|a| a.body.version >= v) {
+        if me.repair.swap(false, Ordering::Relaxed) {
+            repair(inner, c, cur, me).await?;
+        }
         return Ok(false);
     }
     me.in_progress.store(v, Ordering::Relaxed);

@@ -34,6 +34,7 @@ use crate::config::{Config, ConfigError, LimitsSettings};
 use crate::control::status::{NodeInfo, PeerStatus, Status};
 use crate::control::{CommandError, ErrorKind, Request, Response};
 use crate::gossip::GossipMessage;
+use crate::http::{Gateway, HttpConfig};
 use crate::keys::{CollectionId, KeyError, MasterKey};
 use crate::net::{self, Event, NetConfig};
 use crate::publish::{PublishError, PublishOptions, PublishReport};
@@ -59,6 +60,8 @@ pub struct NodeConfig {
     pub control: bool,
     /// Resource limits.
     pub limits: LimitsSettings,
+    /// Serve the files over HTTP.
+    pub http: Option<HttpConfig>,
 }
 
 impl NodeConfig {
@@ -93,6 +96,15 @@ impl NodeConfig {
             keep: cfg.store.keep,
             control: true,
             limits: cfg.limits.clone(),
+            http: match cfg.http.listen.trim() {
+                "" => None,
+                a => Some(HttpConfig::from_settings(
+                    a.parse().map_err(|e| {
+                        ConfigError::Invalid(format!("http.listen {a:?}: {e} (want ADDRESS:PORT)"))
+                    })?,
+                    &cfg.http,
+                )),
+            },
         })
     }
 
@@ -117,6 +129,7 @@ impl NodeConfig {
             keep: d.store.keep,
             control: false,
             limits: d.limits,
+            http: None,
         }
     }
 }
@@ -150,6 +163,9 @@ pub enum NodeError {
     /// The control socket could not be served.
     #[error("control socket: {0}")]
     Control(std::io::Error),
+    /// The HTTP address could not be bound.
+    #[error("serving HTTP on {0}: {1}")]
+    Http(std::net::SocketAddr, std::io::Error),
 }
 
 impl NodeError {
@@ -220,6 +236,15 @@ impl Inner {
         a
     }
 
+    /// Asks every follower to look for chunks missing from its current
+    /// version (one was found corrupt and dropped) and fetch them again.
+    pub(crate) fn repair_all(&self) {
+        for f in lock(&self.followers).values() {
+            f.repair.store(true, Ordering::Relaxed);
+            f.wake.notify_one();
+        }
+    }
+
     /// Wakes `c`'s follower, if any.
     pub(crate) fn wake(&self, c: &CollectionId) {
         if let Some(f) = lock(&self.followers).get(c) {
@@ -231,6 +256,7 @@ impl Inner {
 /// A running node. Dropping it without [`Node::shutdown`] stops its tasks abruptly.
 pub struct Node {
     inner: Arc<Inner>,
+    http_addr: Option<std::net::SocketAddr>,
     shutdown: Arc<watch::Sender<bool>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -287,8 +313,34 @@ impl Node {
                 _ = trigger.closed() => {}
             }
         });
+        let mut http_addr = None;
+        if let Some(h) = &cfg.http {
+            let listener = tokio::net::TcpListener::bind(h.listen)
+                .await
+                .map_err(|e| NodeError::Http(h.listen, e))?;
+            http_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| NodeError::Http(h.listen, e))?,
+            );
+            let repair = inner.clone();
+            let gateway = Gateway::new(inner.store.clone(), h).with_corrupt_chunk_hook(move |id| {
+                tracing::warn!(chunk = %id, "a served chunk was corrupt on disk; fetching it again");
+                repair.repair_all();
+            });
+            let mut stop = rx.clone();
+            tasks.push(inner.spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = crate::http::serve(listener, gateway, stopped).await {
+                    tracing::error!(error = %e, "the HTTP gateway stopped");
+                }
+            }));
+        }
         let node = Arc::new(Node {
             inner: inner.clone(),
+            http_addr,
             shutdown: tx,
             tasks: Mutex::new(tasks),
         });
@@ -309,6 +361,11 @@ impl Node {
     /// The store (shared with the node's tasks).
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
+    }
+
+    /// Where the HTTP gateway listens, if it runs.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr
     }
 
     /// The network handle.

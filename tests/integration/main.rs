@@ -8,6 +8,7 @@ mod crash;
 mod daemon;
 mod harness_selftest;
 mod http;
+mod http_mirror;
 mod network;
 mod settings;
 mod store_model;
