@@ -111,6 +111,16 @@ pub enum HttpError {
     Listener(#[source] std::io::Error),
 }
 
+/// Where the gateway answers `GET /.well-known/peermirror`.
+pub const STATUS_PATH: &str = "/.well-known/peermirror";
+
+/// The node's status as JSON, for [`STATUS_PATH`].
+pub type StatusHook = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Called with each chunk the gateway found corrupt and dropped from the
 /// index, so the node can fetch it again.
 pub type CorruptChunkHook = Arc<dyn Fn(Hash) + Send + Sync>;
@@ -127,6 +137,7 @@ struct Inner {
     max_connections: usize,
     shutdown_timeout: Duration,
     on_corrupt: Option<CorruptChunkHook>,
+    status: Option<StatusHook>,
     manifests: ManifestCache,
     /// The last generated SHA256SUMS, by manifest id.
     sums: std::sync::Mutex<Option<(Hash, Bytes)>>,
@@ -142,6 +153,7 @@ impl Gateway {
                 max_connections: config.max_connections.max(1),
                 shutdown_timeout: config.shutdown_timeout,
                 on_corrupt: None,
+                status: None,
                 manifests: ManifestCache::default(),
                 sums: std::sync::Mutex::new(None),
             }),
@@ -159,6 +171,7 @@ impl Gateway {
                 max_connections: i.max_connections,
                 shutdown_timeout: i.shutdown_timeout,
                 on_corrupt: Some(Arc::new(hook)),
+                status: i.status.clone(),
                 manifests: ManifestCache::default(),
                 sums: std::sync::Mutex::new(None),
             }),
@@ -200,6 +213,24 @@ impl Gateway {
         });
     }
 
+    /// Answers [`STATUS_PATH`] with what `hook` returns (JSON): names
+    /// never start with a dot, so the path cannot hide a collection.
+    pub fn with_status_hook(self, hook: StatusHook) -> Self {
+        let i = &self.inner;
+        Gateway {
+            inner: Arc::new(Inner {
+                store: i.store.clone(),
+                grace: i.grace,
+                max_connections: i.max_connections,
+                shutdown_timeout: i.shutdown_timeout,
+                on_corrupt: i.on_corrupt.clone(),
+                status: Some(hook),
+                manifests: ManifestCache::default(),
+                sums: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
     /// Answers one request (any body is ignored). Never fails: errors
     /// become error responses.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
@@ -208,6 +239,25 @@ impl Gateway {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return r;
+        }
+        if req.uri().path() == STATUS_PATH {
+            if let Some(hook) = &self.inner.status {
+                let mut r = match hook().await {
+                    Some(json) => {
+                        let mut r = Response::new(body::full(Bytes::from(json)));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        r
+                    }
+                    None => text(StatusCode::SERVICE_UNAVAILABLE, "status unavailable\n"),
+                };
+                if req.method() == Method::HEAD {
+                    *r.body_mut() = body::empty();
+                }
+                return r;
+            }
         }
         let mut r = match path::parse(req.uri().path()) {
             Err(path::PathError::TooLong) => text(StatusCode::URI_TOO_LONG, "path too long\n"),

@@ -236,6 +236,50 @@ impl Inner {
         a
     }
 
+    /// A snapshot of the store's and the node's state.
+    pub(crate) async fn status(&self) -> Result<Status, NodeError> {
+        let s = self.store.clone();
+        let mut status: Status = blocking("status", move || local::status(&s)).await?;
+        let followers = lock(&self.followers).clone();
+        for cs in &mut status.collections {
+            let Some(f) = cs.id.parse().ok().and_then(|c| followers.get(&c)) else {
+                continue;
+            };
+            cs.in_progress = Some(f.in_progress.load(Ordering::Relaxed)).filter(|v| *v > 0);
+            cs.done_bytes = f.progress.done_bytes.load(Ordering::Relaxed);
+            cs.total_bytes = f.progress.total_bytes.load(Ordering::Relaxed);
+            cs.bytes_down = f.progress.bytes_down.load(Ordering::Relaxed);
+        }
+        let peers = self
+            .client
+            .peers()
+            .await
+            .into_iter()
+            .map(|p| PeerStatus {
+                id: p.peer_id.to_string(),
+                addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        status.node = Some(NodeInfo {
+            peer_id: self.client.local_peer_id().to_string(),
+            listen: self
+                .client
+                .listen_addrs()
+                .await
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: lock(&self.followers)
+                .values()
+                .map(|f| f.progress.bytes_down.load(Ordering::Relaxed))
+                .sum(),
+            peers,
+        });
+        Ok(status)
+    }
+
     /// Asks every follower to look for chunks missing from its current
     /// version (one was found corrupt and dropped) and fetch them again.
     pub(crate) fn repair_all(&self) {
@@ -324,10 +368,19 @@ impl Node {
                     .map_err(|e| NodeError::Http(h.listen, e))?,
             );
             let repair = inner.clone();
-            let gateway = Gateway::new(inner.store.clone(), h).with_corrupt_chunk_hook(move |id| {
-                tracing::warn!(chunk = %id, "a served chunk was corrupt on disk; fetching it again");
-                repair.repair_all();
-            });
+            let status = inner.clone();
+            let gateway = Gateway::new(inner.store.clone(), h)
+                .with_corrupt_chunk_hook(move |id| {
+                    tracing::warn!(chunk = %id, "a served chunk was corrupt on disk; fetching it again");
+                    repair.repair_all();
+                })
+                .with_status_hook(Arc::new(move || {
+                    let i = status.clone();
+                    Box::pin(async move {
+                        let s = i.status().await.ok()?;
+                        serde_json::to_vec_pretty(&s).ok()
+                    })
+                }));
             let mut stop = rx.clone();
             tasks.push(inner.spawn(async move {
                 let stopped = async move {
@@ -468,43 +521,7 @@ impl Node {
 
     /// A snapshot of the store's and the node's state.
     pub async fn status(&self) -> Result<Status, NodeError> {
-        let s = self.inner.store.clone();
-        let mut status: Status = blocking("status", move || local::status(&s)).await?;
-        let followers = lock(&self.inner.followers).clone();
-        for cs in &mut status.collections {
-            let Some(f) = cs.id.parse().ok().and_then(|c| followers.get(&c)) else {
-                continue;
-            };
-            cs.in_progress = Some(f.in_progress.load(Ordering::Relaxed)).filter(|v| *v > 0);
-            cs.done_bytes = f.progress.done_bytes.load(Ordering::Relaxed);
-            cs.total_bytes = f.progress.total_bytes.load(Ordering::Relaxed);
-            cs.bytes_down = f.progress.bytes_down.load(Ordering::Relaxed);
-        }
-        let peers = self
-            .inner
-            .client
-            .peers()
-            .await
-            .into_iter()
-            .map(|p| PeerStatus {
-                id: p.peer_id.to_string(),
-                addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
-                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
-            })
-            .collect();
-        status.node = Some(NodeInfo {
-            peer_id: self.peer_id().to_string(),
-            listen: self
-                .listen_addrs()
-                .await
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-            bytes_up: self.bytes_up(),
-            bytes_down: self.bytes_down(),
-            peers,
-        });
-        Ok(status)
+        self.inner.status().await
     }
 
     /// Chunk bytes received from peers so far.

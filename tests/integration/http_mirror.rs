@@ -67,6 +67,17 @@ fn a_mirror_serves_what_it_synced_and_refetches_a_corrupt_chunk() {
     let base = http_base(&mirror);
     let big = fs::read(src.join("big.img")).unwrap();
 
+    // Its status, as JSON, for monitoring.
+    let r = curl(&[&format!("{base}/.well-known/peermirror")]);
+    assert!(r.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(
+        status["node"]["peer_id"].as_str(),
+        Some(mirror.peer_id().to_string().as_str())
+    );
+    assert_eq!(status["collections"][0]["id"].as_str(), Some(id.as_str()));
+    assert_eq!(status["collections"][0]["current"]["version"], 1);
+
     // curl, whole and resumed; wget -c.
     let out = h.path("big.curl");
     let r = curl(&["-o", out.to_str().unwrap(), &format!("{base}/src/big.img")]);
