@@ -65,6 +65,7 @@ fn config(listen: Vec<Multiaddr>, kademlia: bool) -> NetConfig {
         mdns: false,
         kademlia,
         idle_timeout: Duration::from_secs(60),
+        ..NetConfig::default()
     }
 }
 

@@ -88,6 +88,8 @@ impl NodeConfig {
                 mdns: cfg.net.mdns,
                 kademlia: cfg.net.kademlia,
                 idle_timeout: cfg.net.idle_timeout(),
+                limits: net_limits(&cfg.limits),
+                low_priority_gossip: admission::is_have,
             },
             follow,
             keep: cfg.store.keep,
@@ -112,12 +114,32 @@ impl NodeConfig {
                 mdns: false,
                 kademlia: d.net.kademlia,
                 idle_timeout: d.net.idle_timeout(),
+                limits: net_limits(&d.limits),
+                low_priority_gossip: admission::is_have,
             },
             follow,
             keep: d.store.keep,
             control: false,
             limits: d.limits,
         }
+    }
+}
+
+/// The network side of the `[limits]` settings.
+pub fn net_limits(l: &LimitsSettings) -> net::NetLimits {
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    net::NetLimits {
+        max_connections: l.max_connections,
+        max_connections_per_ip: l.max_connections_per_ip,
+        max_inbound_streams: l.max_inbound_streams as usize,
+        max_inbound_streams_per_peer: l.max_inbound_streams_per_peer as usize,
+        max_send_buffer: size(l.max_send_buffer_bytes),
+        max_send_buffer_per_peer: size(l.max_send_buffer_bytes_per_peer),
+        send_timeout: Duration::from_secs(l.send_timeout_secs),
+        chunk_requests_per_sec: l.chunk_requests_per_sec,
+        latest_requests_per_sec: l.latest_requests_per_sec,
+        latest_in_flight: l.latest_in_flight as usize,
+        latest_timeout: Duration::from_secs(l.latest_timeout_secs),
     }
 }
 
@@ -159,6 +181,7 @@ pub(crate) struct Inner {
     pub(crate) keep: usize,
     pub(crate) bytes_up: Arc<AtomicU64>,
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
+    pub(crate) haves: admission::HaveFilter,
     pub(crate) stopping: AtomicBool,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
@@ -228,6 +251,7 @@ impl Node {
             keep: cfg.keep.max(1),
             bytes_up,
             followers: Mutex::new(HashMap::new()),
+            haves: admission::HaveFilter::new(cfg.limits.have_notes_per_sec),
             stopping: AtomicBool::new(false),
             span,
         });
@@ -505,16 +529,22 @@ async fn handle_events(
                 collection,
                 msg_id,
                 source,
+                author,
                 data,
             } => {
-                let topic = collection;
                 let i = inner.clone();
                 let admission = blocking("admitting gossip", move || {
+                    let msg = admission::Received {
+                        topic: collection,
+                        source,
+                        author,
+                        data: &data,
+                    };
                     Ok::<_, crate::task::TaskFailed>(admission::gossip(
                         &i.store,
                         &|c| i.follows(c),
-                        topic,
-                        &data,
+                        &i.haves,
+                        msg,
                         crate::announce::now(),
                     ))
                 })
@@ -564,5 +594,14 @@ fn node_key(path: &Path) -> Result<Keypair, NodeError> {
             Ok(k)
         }
         Err(e) => Err(err(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_settings_give_the_default_network_limits() {
+        let l = super::net_limits(&crate::config::LimitsSettings::default());
+        assert_eq!(l, crate::net::NetLimits::default());
     }
 }
