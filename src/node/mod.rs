@@ -451,12 +451,16 @@ impl Node {
         self.inner.bytes_up.load(Ordering::Relaxed)
     }
 
-    /// Asks connected peers for the latest announcement of `c` and records
-    /// any newer one; returns the newest version now known.
+    /// Asks connected peers (all at once) for the latest announcement of `c`
+    /// and records any newer one; returns the newest version now known.
     pub async fn refresh_latest(&self, c: CollectionId) -> Option<u64> {
-        for p in self.inner.client.peers().await {
-            latest::ask_one(&self.inner, p.peer_id, c).await;
-        }
+        let peers = self.inner.client.peers().await;
+        futures::future::join_all(
+            peers
+                .iter()
+                .map(|p| latest::ask_one(&self.inner, p.peer_id, c)),
+        )
+        .await;
         let s = self.inner.store.clone();
         blocking("reading the latest version", move || s.latest(&c))
             .await
