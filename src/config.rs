@@ -24,6 +24,16 @@
 //! max_connections = 256
 //! max_connections_per_ip = 16
 //! max_store_bytes = 0
+//! max_inbound_streams = 1024
+//! max_inbound_streams_per_peer = 64
+//! max_send_buffer_bytes = 268435456
+//! max_send_buffer_bytes_per_peer = 33554432
+//! send_timeout_secs = 30
+//! chunk_requests_per_sec = 2000
+//! latest_requests_per_sec = 20
+//! latest_in_flight = 8
+//! latest_timeout_secs = 10
+//! have_notes_per_sec = 10
 //!
 //! [log]
 //! level = "warn"
@@ -148,6 +158,37 @@ pub struct LimitsSettings {
     /// Bytes the store may hold (0: no limit); a version that would not
     /// fit is refused before it is fetched.
     pub max_store_bytes: u64,
+    // What a peer may make the network side spend; each is explained, with
+    // the attack it answers, in docs/security/network.md.
+    /// Inbound chunk streams served at once, all peers together (1024):
+    /// more are dropped on arrival.
+    pub max_inbound_streams: u32,
+    /// Inbound chunk streams served at once for one peer (64; an honest
+    /// peer uses at most 32).
+    pub max_inbound_streams_per_peer: u32,
+    /// Bytes of replies held in memory while being sent, all peers together
+    /// (256 MiB): bounds what stalled readers can pin.
+    pub max_send_buffer_bytes: u64,
+    /// Bytes of replies held in memory while being sent to one peer
+    /// (32 MiB): a peer that stops reading waits on its own budget only.
+    pub max_send_buffer_bytes_per_peer: u64,
+    /// Seconds to send one reply, or to receive the rest of a begun request
+    /// (30): a peer that stops reading loses the stream and what it held.
+    pub send_timeout_secs: u64,
+    /// Chunk-protocol requests per second per peer, bursts of twice that
+    /// (2000; 0: unlimited); requests over it end the stream unanswered.
+    pub chunk_requests_per_sec: u32,
+    /// Latest-announcement requests per second per peer, bursts of twice
+    /// that (20; 0: unlimited); requests over it go unanswered.
+    pub latest_requests_per_sec: u32,
+    /// Latest-announcement requests in flight per connection, each way (8).
+    pub latest_in_flight: u32,
+    /// Seconds to wait for a peer's latest announcement (10): a silent peer
+    /// costs a polling round no more than this.
+    pub latest_timeout_secs: u64,
+    /// Gossip `Have` notes taken per second from one relaying peer, bursts
+    /// of twice that (10; 0: unlimited); the rest are ignored.
+    pub have_notes_per_sec: u32,
 }
 
 impl Default for LimitsSettings {
@@ -156,6 +197,16 @@ impl Default for LimitsSettings {
             max_connections: 256,
             max_connections_per_ip: 16,
             max_store_bytes: 0,
+            max_inbound_streams: 1024,
+            max_inbound_streams_per_peer: 64,
+            max_send_buffer_bytes: 256 << 20,
+            max_send_buffer_bytes_per_peer: 32 << 20,
+            send_timeout_secs: 30,
+            chunk_requests_per_sec: 2000,
+            latest_requests_per_sec: 20,
+            latest_in_flight: 8,
+            latest_timeout_secs: 10,
+            have_notes_per_sec: 10,
         }
     }
 }

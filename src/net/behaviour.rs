@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use libp2p::{
-    gossipsub, identify, identity::Keypair, kad, mdns, noise, ping,
+    connection_limits, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping,
     swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, yamux, StreamProtocol, Swarm,
     SwarmBuilder,
 };
 
-use super::{latest_protocol, NetConfig, NetError};
+use super::{ip_limits, latest_protocol, NetConfig, NetError};
 
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/peermirror/id/1.0.0";
@@ -17,12 +17,13 @@ pub const IDENTIFY_PROTOCOL: &str = "/peermirror/id/1.0.0";
 pub const KAD_PROTOCOL: &str = "/peermirror/kad/1.0.0";
 /// Gossipsub heartbeat; short so that meshes form quickly in small networks.
 const GOSSIP_HEARTBEAT: Duration = Duration::from_millis(500);
-/// Timeout of one latest-announcement request.
-const LATEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// All protocols a node speaks.
+/// All protocols a node speaks. The limit behaviours come first, so a
+/// connection they refuse never reaches the others.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) ip_limits: ip_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
@@ -99,7 +100,13 @@ impl Behaviour {
         } else {
             None
         };
+        let l = &cfg.limits;
+        let connection_limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(l.max_connections))
+            .with_max_pending_incoming(Some(l.max_connections));
         Ok(Self {
+            limits: connection_limits::Behaviour::new(connection_limits),
+            ip_limits: ip_limits::Behaviour::new(l.max_connections_per_ip),
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_PROTOCOL.to_string(),
                 key.public(),
@@ -108,7 +115,7 @@ impl Behaviour {
             gossipsub: gossipsub_behaviour(key)?,
             kad: kad.into(),
             mdns: mdns.into(),
-            latest: latest_protocol::behaviour(LATEST_TIMEOUT),
+            latest: latest_protocol::behaviour(l.latest_timeout, l.latest_in_flight),
             stream: libp2p_stream::Behaviour::new(),
         })
     }

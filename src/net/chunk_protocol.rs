@@ -69,6 +69,19 @@ pub(crate) enum Response {
     ManifestChunks(Vec<ChunkRef>),
 }
 
+impl Response {
+    /// About the memory this response holds until it is sent: its wire size
+    /// (plus a byte per flag for a have-map), what the server budgets for.
+    pub(crate) fn held_bytes(&self) -> usize {
+        match self {
+            Response::Found(body) => 5 + body.len(),
+            Response::NotFound => 1,
+            Response::Have(flags) => 5 + flags.len() + flags.len().div_ceil(8),
+            Response::ManifestChunks(list) => 5 + list.len() * 36,
+        }
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
@@ -106,14 +119,29 @@ fn wire_len(len: usize, max: usize, what: &str) -> io::Result<u32> {
     u32::try_from(len).map_err(|_| invalid(format!("{what} does not fit in u32")))
 }
 
-/// Reads the next request; `Ok(None)` means the peer closed the stream
-/// between requests.
-pub(crate) async fn read_request<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Option<Request>> {
+/// The start of a request: enough to decide whether to serve it (and how
+/// much memory its ids will take) before reading the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestHead {
+    /// A chunk request, complete.
+    Chunk(Hash),
+    /// A have request for this many ids (at most [`MAX_HAVE_IDS`]), which
+    /// follow: read them with [`read_have_ids`].
+    Have(usize),
+    /// A manifest request, complete.
+    ManifestChunks(Hash),
+}
+
+/// Reads the tag of the next request and what fits in a few bytes after it;
+/// `Ok(None)` means the peer closed the stream between requests.
+pub(crate) async fn read_request_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+) -> io::Result<Option<RequestHead>> {
     let Some(tag) = read_tag(io).await? else {
         return Ok(None);
     };
     match tag {
-        REQ_CHUNK => Ok(Some(Request::Chunk(read_id(io).await?))),
+        REQ_CHUNK => Ok(Some(RequestHead::Chunk(read_id(io).await?))),
         REQ_HAVE => {
             let count = read_u32(io).await? as usize;
             if count > MAX_HAVE_IDS {
@@ -121,21 +149,44 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(io: &mut R) -> io::Result
                     "have request too large: {count} > {MAX_HAVE_IDS}"
                 )));
             }
-            let mut raw = vec![0u8; count * 32];
-            io.read_exact(&mut raw).await?;
-            let ids = raw
-                .chunks_exact(32)
-                .map(|c| {
-                    let mut id = [0u8; 32];
-                    id.copy_from_slice(c);
-                    Hash(id)
-                })
-                .collect();
-            Ok(Some(Request::Have(ids)))
+            Ok(Some(RequestHead::Have(count)))
         }
-        REQ_MANIFEST => Ok(Some(Request::ManifestChunks(read_id(io).await?))),
+        REQ_MANIFEST => Ok(Some(RequestHead::ManifestChunks(read_id(io).await?))),
         other => Err(invalid(format!("unknown request tag {other:#04x}"))),
     }
+}
+
+/// Reads the `count` ids of a have request. Memory grows with the bytes that
+/// actually arrive, not with the count the peer claimed.
+pub(crate) async fn read_have_ids<R: AsyncRead + Unpin>(
+    io: &mut R,
+    count: usize,
+) -> io::Result<Vec<Hash>> {
+    const BATCH: usize = 1024;
+    let mut ids = Vec::with_capacity(count.min(BATCH));
+    let mut raw = vec![0u8; count.min(BATCH) * 32];
+    while ids.len() < count {
+        let n = (count - ids.len()).min(BATCH);
+        io.read_exact(&mut raw[..n * 32]).await?;
+        ids.extend(raw[..n * 32].chunks_exact(32).map(|c| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(c);
+            Hash(id)
+        }));
+    }
+    Ok(ids)
+}
+
+/// Reads the next request; `Ok(None)` means the peer closed the stream
+/// between requests.
+#[cfg(test)]
+pub(crate) async fn read_request<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Option<Request>> {
+    Ok(match read_request_head(io).await? {
+        None => None,
+        Some(RequestHead::Chunk(id)) => Some(Request::Chunk(id)),
+        Some(RequestHead::Have(count)) => Some(Request::Have(read_have_ids(io, count).await?)),
+        Some(RequestHead::ManifestChunks(id)) => Some(Request::ManifestChunks(id)),
+    })
 }
 
 /// Writes one request frame and flushes it.

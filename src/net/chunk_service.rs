@@ -4,8 +4,8 @@
 //! * [`StreamPool`] (client side) keeps a few open streams per peer. Each
 //!   stream serves one request at a time, strictly request-then-response, so
 //!   many requests to one peer run in parallel on separate streams.
-//! * [`serve`] (server side) accepts inbound streams and answers requests on
-//!   each stream sequentially until the remote closes it.
+//!
+//! The server side lives in [`super::chunk_server`].
 
 use std::{
     collections::HashMap,
@@ -14,15 +14,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
-use libp2p_stream::{Control, IncomingStreams, OpenStreamError};
+use libp2p_stream::{Control, OpenStreamError};
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
-    chunk_protocol::{self, Request, Response, MAX_CHUNK_LEN},
-    ChunkProvider, NetError,
+    chunk_protocol::{self, Request, Response},
+    NetError,
 };
 use crate::hash::Hash;
 use crate::manifest::ChunkRef;
@@ -34,8 +33,6 @@ const MAX_IN_FLIGHT_PER_PEER: usize = 32;
 pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for one exchange (write request, read full response).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the server waits for the next request on an open stream.
-const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Extra attempts on a fresh stream when a stream fails at the transport level
 /// (a pooled stream may have been closed by the remote, or an inbound stream
 /// dropped while the remote was busy). Requests are idempotent.
@@ -113,7 +110,8 @@ impl StreamPool {
         peers.retain(|_, e| !e.idle.is_empty() || e.limit.is_some());
     }
 
-    async fn open(&self, peer: PeerId) -> Result<Stream, NetError> {
+    /// Opens a fresh chunk stream to `peer`, outside the pool.
+    pub(crate) async fn open(&self, peer: PeerId) -> Result<Stream, NetError> {
         let mut control = self.control.clone();
         match control.open_stream(peer, protocol()).await {
             Ok(s) => Ok(s),
@@ -212,76 +210,4 @@ impl StreamPool {
 async fn exchange(stream: &mut Stream, req: &Request) -> io::Result<Response> {
     chunk_protocol::write_request(stream, req).await?;
     chunk_protocol::read_response(stream).await
-}
-
-/// Server side: answers every inbound chunk stream until `incoming` ends.
-pub(crate) async fn serve(mut incoming: IncomingStreams, provider: Arc<dyn ChunkProvider>) {
-    while let Some((peer, stream)) = incoming.next().await {
-        // Hand off at once: streams arriving while this loop is busy are dropped.
-        tokio::spawn(tracing::Instrument::in_current_span(serve_stream(
-            peer,
-            stream,
-            provider.clone(),
-        )));
-    }
-}
-
-async fn serve_stream(peer: PeerId, mut stream: Stream, provider: Arc<dyn ChunkProvider>) {
-    loop {
-        let req = match tokio::time::timeout(
-            SERVER_IDLE_TIMEOUT,
-            chunk_protocol::read_request(&mut stream),
-        )
-        .await
-        {
-            Ok(Ok(Some(req))) => req,
-            Ok(Ok(None)) | Err(_) => break,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "bad chunk request, closing stream");
-                break;
-            }
-        };
-        let provider = provider.clone();
-        let resp = match tokio::task::spawn_blocking(move || answer(&*provider, req)).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                warn!(%peer, error = %e, "chunk provider task failed");
-                break;
-            }
-        };
-        if let Err(e) = chunk_protocol::write_response(&mut stream, &resp).await {
-            debug!(%peer, error = %e, "failed to send chunk response");
-            break;
-        }
-    }
-    let _ = stream.close().await;
-}
-
-/// Computes the response to one request (blocking: the provider may hit disk).
-fn answer(provider: &dyn ChunkProvider, req: Request) -> Response {
-    match req {
-        Request::Chunk(id) => match provider.chunk(&id) {
-            Some(body) if body.len() > MAX_CHUNK_LEN => {
-                warn!(
-                    chunk = %id,
-                    len = body.len(),
-                    "chunk exceeds the protocol limit, reporting not found"
-                );
-                Response::NotFound
-            }
-            Some(body) => Response::Found(body),
-            None => Response::NotFound,
-        },
-        Request::Have(ids) => {
-            let mut flags = provider.have(&ids);
-            flags.resize(ids.len(), false);
-            Response::Have(flags)
-        }
-        Request::ManifestChunks(id) => match provider.manifest_chunks(&id) {
-            Some(list) if list.len() <= chunk_protocol::MAX_MANIFEST_CHUNKS => {
-                Response::ManifestChunks(list)
-            }
-            _ => Response::NotFound,
-        },
-    }
 }

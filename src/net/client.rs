@@ -9,7 +9,10 @@ use std::sync::Arc;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{chunk_service::StreamPool, MessageId, NetError, PeerInfo, Verdict};
+use super::{
+    chunk_service::StreamPool, limits::Counters, MessageId, NetError, PeerInfo, ServerStats,
+    Verdict,
+};
 use crate::hash::Hash;
 use crate::keys::CollectionId;
 use crate::manifest::ChunkRef;
@@ -59,6 +62,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     reports: mpsc::UnboundedSender<Report>,
     pool: Arc<StreamPool>,
+    counters: Arc<Counters>,
 }
 
 impl Client {
@@ -67,12 +71,14 @@ impl Client {
         commands: mpsc::Sender<Command>,
         reports: mpsc::UnboundedSender<Report>,
         pool: Arc<StreamPool>,
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             local_peer_id,
             commands,
             reports,
             pool,
+            counters,
         }
     }
 
@@ -181,5 +187,17 @@ impl Client {
         self.call(|reply| Command::Peers { reply })
             .await
             .unwrap_or_default()
+    }
+
+    /// What this node's serving side holds and has refused so far.
+    pub fn server_stats(&self) -> ServerStats {
+        self.counters.snapshot()
+    }
+
+    /// Opens a fresh `/peermirror/chunk/1` stream to `peer`, outside the
+    /// pool, for tools and tests that speak the wire format (see
+    /// `docs/protocol.md`) themselves.
+    pub async fn open_chunk_stream(&self, peer: PeerId) -> Result<super::Stream, NetError> {
+        self.pool.open(peer).await
     }
 }

@@ -24,9 +24,12 @@ use tracing::{debug, info, warn};
 
 use super::{
     behaviour::{self, Behaviour},
-    chunk_service::{self, StreamPool},
+    chunk_server,
+    chunk_service::StreamPool,
     client::{Command, Report},
-    ChunkProvider, NetError,
+    limits::Counters,
+    rate::RateLimiter,
+    ChunkProvider, NetError, NetLimits,
 };
 use crate::keys::CollectionId;
 
@@ -50,6 +53,10 @@ pub(crate) struct Parts {
     pub(crate) provider: Arc<dyn ChunkProvider>,
     pub(crate) pool: Arc<StreamPool>,
     pub(crate) incoming: IncomingStreams,
+    pub(crate) server: Arc<chunk_server::Server>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) limits: NetLimits,
+    pub(crate) low_priority_gossip: fn(&[u8]) -> bool,
 }
 
 /// A message waiting for a subscribed peer.
@@ -82,6 +89,11 @@ pub struct EventLoop {
     provider: Arc<dyn ChunkProvider>,
     pool: Arc<StreamPool>,
     incoming: Option<IncomingStreams>,
+    server: Arc<chunk_server::Server>,
+    counters: Arc<Counters>,
+    low_priority_gossip: fn(&[u8]) -> bool,
+    /// Inbound latest-announcement requests per peer.
+    latest_rate: RateLimiter<PeerId>,
     latest_tx: mpsc::UnboundedSender<LatestAnswer>,
     latest_rx: mpsc::UnboundedReceiver<LatestAnswer>,
     /// Listeners that have not reported an address yet.
@@ -106,6 +118,13 @@ impl EventLoop {
             provider: parts.provider,
             pool: parts.pool,
             incoming: Some(parts.incoming),
+            server: parts.server,
+            counters: parts.counters,
+            low_priority_gossip: parts.low_priority_gossip,
+            latest_rate: RateLimiter::new(
+                parts.limits.latest_requests_per_sec,
+                parts.limits.latest_requests_per_sec.saturating_mul(2),
+            ),
             latest_tx,
             latest_rx,
             unbound_listeners: parts.listeners.into_iter().collect(),
@@ -123,9 +142,9 @@ impl EventLoop {
     /// Dropping out of this function closes every connection.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let server = self.incoming.take().map(|incoming| {
-            tokio::spawn(tracing::Instrument::in_current_span(chunk_service::serve(
+            tokio::spawn(tracing::Instrument::in_current_span(chunk_server::serve(
                 incoming,
-                self.provider.clone(),
+                self.server.clone(),
             )))
         });
         for addr in std::mem::take(&mut self.bootstrap) {
@@ -361,12 +380,21 @@ impl EventLoop {
         use request_response::{Event, Message, OutboundFailure};
         match event {
             Event::Message {
+                peer,
                 message:
                     Message::Request {
                         request, channel, ..
                     },
                 ..
-            } => self.answer_latest(request, channel),
+            } => {
+                if self.latest_rate.check(&peer, Instant::now()) {
+                    self.answer_latest(request, channel);
+                } else {
+                    // Dropping the channel ends the exchange unanswered.
+                    Counters::bump(&self.counters.latest_refused);
+                    debug!(%peer, "peer over its latest-request rate, refused");
+                }
+            }
             Event::Message {
                 message:
                     Message::Response {

@@ -36,15 +36,18 @@ pub(crate) struct LatestCodec;
 /// The request-response behaviour speaking this protocol.
 pub(crate) type LatestBehaviour = request_response::Behaviour<LatestCodec>;
 
-/// Builds the behaviour with the given per-request timeout.
-pub(crate) fn behaviour(timeout: std::time::Duration) -> LatestBehaviour {
+/// Builds the behaviour with the given per-request timeout and most
+/// requests in flight per connection (each way).
+pub(crate) fn behaviour(timeout: std::time::Duration, in_flight: usize) -> LatestBehaviour {
     request_response::Behaviour::with_codec(
         LatestCodec,
         [(
             StreamProtocol::new(PROTOCOL_NAME),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(timeout),
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(in_flight.max(1)),
     )
 }
 

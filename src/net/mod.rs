@@ -21,12 +21,17 @@
 //! collections, [`ChunkRef`] for a manifest's chunk list. Announcements are
 //! opaque bytes that the application validates.
 
+mod addr_filter;
 mod behaviour;
 mod chunk_protocol;
+mod chunk_server;
 mod chunk_service;
 mod client;
 mod event_loop;
+mod ip_limits;
 mod latest_protocol;
+mod limits;
+mod rate;
 #[cfg(test)]
 mod tests;
 
@@ -45,7 +50,9 @@ pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_HAVE_IDS};
 pub use client::Client;
 pub use event_loop::EventLoop;
 pub use latest_protocol::MAX_ANNOUNCEMENT_LEN;
-pub use libp2p::{gossipsub::MessageId, Multiaddr, PeerId};
+pub use libp2p::{gossipsub::MessageId, Multiaddr, PeerId, Stream};
+pub use limits::{NetLimits, ServerStats};
+pub use rate::RateLimiter;
 
 /// Capacity of the event channel handed to the application.
 const EVENT_CHANNEL_CAPACITY: usize = 1024;
@@ -67,6 +74,18 @@ pub struct NetConfig {
     pub kademlia: bool,
     /// Close connections that carry no stream for this long.
     pub idle_timeout: Duration,
+    /// What peers may make this node spend.
+    pub limits: NetLimits,
+    /// Whether a gossip payload is low priority (e.g. a progress note): such
+    /// messages are handed to the application only while its event queue is
+    /// at most half full, and ignored otherwise, so a flood of them cannot
+    /// crowd out the messages that matter.
+    pub low_priority_gossip: fn(&[u8]) -> bool,
+}
+
+/// The default [`NetConfig::low_priority_gossip`]: every message matters.
+pub fn no_low_priority_gossip(_: &[u8]) -> bool {
+    false
 }
 
 /// The data a node serves to its peers. Called on a blocking thread pool, so
@@ -122,6 +141,8 @@ pub enum Event {
         msg_id: MessageId,
         /// The peer that relayed the message to us.
         source: PeerId,
+        /// The peer that wrote and signed the message (checked by gossipsub).
+        author: Option<PeerId>,
         /// The opaque payload.
         data: Vec<u8>,
     },
@@ -209,11 +230,19 @@ pub fn new(
     }
 
     let pool = Arc::new(chunk_service::StreamPool::new(control));
+    let counters = Arc::new(limits::Counters::default());
+    let server = chunk_server::Server::new(provider.clone(), cfg.limits.clone(), counters.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
 
-    let client = Client::new(local_peer_id, cmd_tx, report_tx, pool.clone());
+    let client = Client::new(
+        local_peer_id,
+        cmd_tx,
+        report_tx,
+        pool.clone(),
+        counters.clone(),
+    );
     let event_loop = EventLoop::new(event_loop::Parts {
         swarm,
         bootstrap: cfg.bootstrap,
@@ -224,6 +253,10 @@ pub fn new(
         provider,
         pool,
         incoming,
+        server,
+        counters,
+        limits: cfg.limits,
+        low_priority_gossip: cfg.low_priority_gossip,
     });
     Ok((client, event_rx, event_loop))
 }

@@ -65,6 +65,8 @@ fn config(listen: Vec<Multiaddr>, kademlia: bool) -> NetConfig {
         mdns: false,
         kademlia,
         idle_timeout: Duration::from_secs(60),
+        limits: super::NetLimits::default(),
+        low_priority_gossip: super::no_low_priority_gossip,
     }
 }
 
@@ -319,4 +321,48 @@ async fn throughput_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_quic() {
     throughput(quic_addr(), "quic").await;
+}
+
+/// A peer floods low-priority gossip at a node whose application is busy
+/// (it reads no events for a while): the message that matters, sent after
+/// the flood, still finds room in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_priority_gossip_cannot_crowd_out_the_rest() {
+    let col = col(5);
+    let a = start(config(vec![tcp_addr()], false), MapProvider::default());
+    let mut cfg = config(vec![tcp_addr()], false);
+    cfg.low_priority_gossip = |d| d.first() == Some(&b'L');
+    let mut b = start(cfg, MapProvider::default());
+    for n in [&a, &b] {
+        n.client.subscribe(col).await.unwrap();
+    }
+    connect(&b, &a).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..(EVENT_CHANNEL_CAPACITY + 500) {
+        a.client
+            .publish(col, format!("L{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    a.client.publish(col, b"H".to_vec()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.client.server_stats().gossip_shed < 500 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give the last message time to arrive behind the flood.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut got_h = false;
+    let mut low = 0;
+    while let Some((msg, src, data)) = next_gossip(&mut b.events, Duration::from_millis(500)).await
+    {
+        got_h |= data == b"H";
+        low += usize::from(data.first() == Some(&b'L'));
+        b.client.report(msg, src, Verdict::Ignore);
+    }
+    assert!(got_h, "the flood crowded out the message that matters");
+    assert!(
+        low <= EVENT_CHANNEL_CAPACITY / 2 + 1,
+        "{low} low-priority messages queued"
+    );
+    assert!(b.client.server_stats().gossip_shed >= 500);
 }

@@ -68,15 +68,16 @@ pub(super) fn log(a: &Admission, from: &PeerId) {
     }
 }
 
-/// Asks every peer for the latest announcements every [`POLL`].
+/// Asks every peer for the latest announcements every [`POLL`], all peers
+/// at once: a silent peer costs a round one request timeout, not one each.
 pub(super) async fn poll(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        for p in inner.client.peers().await {
-            ask_all(inner.clone(), p.peer_id).await;
-        }
+        let peers = inner.client.peers().await;
+        futures::future::join_all(peers.into_iter().map(|p| ask_all(inner.clone(), p.peer_id)))
+            .await;
     }
 }

@@ -91,6 +91,8 @@ impl NodeConfig {
                 mdns: cfg.net.mdns,
                 kademlia: cfg.net.kademlia,
                 idle_timeout: cfg.net.idle_timeout(),
+                limits: net_limits(&cfg.limits),
+                low_priority_gossip: admission::is_have,
             },
             follow,
             keep: cfg.store.keep,
@@ -109,9 +111,12 @@ impl NodeConfig {
     }
 
     /// The default settings on an ephemeral 127.0.0.1 TCP port, without a
-    /// control socket: what the demo, tests and benchmarks run.
+    /// control socket: what the demo, tests and benchmarks run. Every node
+    /// there shares one IP address, so the per-IP connection cap is the
+    /// total cap.
     pub fn loopback(data: PathBuf, peers: Vec<Multiaddr>, follow: Vec<CollectionId>) -> Self {
-        let d = Config::default();
+        let mut d = Config::default();
+        d.limits.max_connections_per_ip = d.limits.max_connections;
         NodeConfig {
             data,
             net: NetConfig {
@@ -124,6 +129,8 @@ impl NodeConfig {
                 mdns: false,
                 kademlia: d.net.kademlia,
                 idle_timeout: d.net.idle_timeout(),
+                limits: net_limits(&d.limits),
+                low_priority_gossip: admission::is_have,
             },
             follow,
             keep: d.store.keep,
@@ -131,6 +138,24 @@ impl NodeConfig {
             limits: d.limits,
             http: None,
         }
+    }
+}
+
+/// The network side of the `[limits]` settings.
+pub fn net_limits(l: &LimitsSettings) -> net::NetLimits {
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    net::NetLimits {
+        max_connections: l.max_connections,
+        max_connections_per_ip: l.max_connections_per_ip,
+        max_inbound_streams: l.max_inbound_streams as usize,
+        max_inbound_streams_per_peer: l.max_inbound_streams_per_peer as usize,
+        max_send_buffer: size(l.max_send_buffer_bytes),
+        max_send_buffer_per_peer: size(l.max_send_buffer_bytes_per_peer),
+        send_timeout: Duration::from_secs(l.send_timeout_secs),
+        chunk_requests_per_sec: l.chunk_requests_per_sec,
+        latest_requests_per_sec: l.latest_requests_per_sec,
+        latest_in_flight: l.latest_in_flight as usize,
+        latest_timeout: Duration::from_secs(l.latest_timeout_secs),
     }
 }
 
@@ -197,6 +222,7 @@ pub(crate) struct Inner {
     pub(crate) keep: usize,
     pub(crate) bytes_up: Arc<AtomicU64>,
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
+    pub(crate) haves: admission::HaveFilter,
     pub(crate) stopping: AtomicBool,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
@@ -339,6 +365,7 @@ impl Node {
             keep: cfg.keep.max(1),
             bytes_up,
             followers: Mutex::new(HashMap::new()),
+            haves: admission::HaveFilter::new(cfg.limits.have_notes_per_sec),
             stopping: AtomicBool::new(false),
             span,
         });
@@ -537,12 +564,16 @@ impl Node {
         self.inner.bytes_up.load(Ordering::Relaxed)
     }
 
-    /// Asks connected peers for the latest announcement of `c` and records
-    /// any newer one; returns the newest version now known.
+    /// Asks connected peers (all at once) for the latest announcement of `c`
+    /// and records any newer one; returns the newest version now known.
     pub async fn refresh_latest(&self, c: CollectionId) -> Option<u64> {
-        for p in self.inner.client.peers().await {
-            latest::ask_one(&self.inner, p.peer_id, c).await;
-        }
+        let peers = self.inner.client.peers().await;
+        futures::future::join_all(
+            peers
+                .iter()
+                .map(|p| latest::ask_one(&self.inner, p.peer_id, c)),
+        )
+        .await;
         let s = self.inner.store.clone();
         blocking("reading the latest version", move || s.latest(&c))
             .await
@@ -615,11 +646,19 @@ async fn handle_events(
                 collection,
                 msg_id,
                 source,
+                author,
                 data,
             } => {
+                let i = inner.clone();
                 let admission = inner
                     .admit("admitting gossip", move |store, followed, now| {
-                        admission::gossip(store, followed, collection, &data, now)
+                        let msg = admission::Received {
+                            topic: collection,
+                            source,
+                            author,
+                            data: &data,
+                        };
+                        admission::gossip(store, followed, &i.haves, msg, now)
                     })
                     .await;
                 latest::log(&admission, &source);
@@ -657,5 +696,14 @@ fn node_key(path: &Path) -> Result<Keypair, NodeError> {
             Ok(k)
         }
         Err(e) => Err(err(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_settings_give_the_default_network_limits() {
+        let l = super::net_limits(&crate::config::LimitsSettings::default());
+        assert_eq!(l, crate::net::NetLimits::default());
     }
 }

@@ -9,6 +9,7 @@ mod daemon;
 mod harness_selftest;
 mod http;
 mod http_mirror;
+mod limits;
 mod network;
 mod settings;
 mod store_model;

@@ -8,7 +8,9 @@ use tracing::{debug, trace, warn};
 
 use super::EventLoop;
 use crate::net::{
+    addr_filter,
     behaviour::{BehaviourEvent, KAD_PROTOCOL},
+    limits::Counters,
     Event, NetError,
 };
 
@@ -95,8 +97,20 @@ impl EventLoop {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 trace!(peer = %peer_id, agent = %info.agent_version, "identified");
                 let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+                let seen_on: Vec<_> = self
+                    .peers
+                    .get(&peer_id)
+                    .map(|s| s.conns.values().cloned().collect())
+                    .unwrap_or_default();
                 if let (true, Some(kad)) = (speaks_kad, self.swarm.behaviour_mut().kad.as_mut()) {
-                    for addr in info.listen_addrs {
+                    let (good, bad): (Vec<_>, Vec<_>) = info
+                        .listen_addrs
+                        .into_iter()
+                        .partition(|a| addr_filter::acceptable(a, &seen_on));
+                    if !bad.is_empty() {
+                        debug!(peer = %peer_id, ?bad, "ignoring addresses it cannot have");
+                    }
+                    for addr in good.into_iter().take(addr_filter::MAX_ADDRS_PER_PEER) {
                         kad.add_address(&peer_id, addr);
                     }
                 }
@@ -132,6 +146,7 @@ impl EventLoop {
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Latest(event) => self.on_latest_event(event),
             BehaviourEvent::Stream(()) => {}
+            BehaviourEvent::Limits(never) | BehaviourEvent::IpLimits(never) => match never {},
         }
     }
 
@@ -153,12 +168,22 @@ impl EventLoop {
                         );
                     return;
                 };
-                let delivered = self.emit(Event::Gossip {
-                    collection,
-                    msg_id: message_id.clone(),
-                    source: propagation_source,
-                    data: message.data,
-                });
+                // Low-priority gossip may use only half the queue, so it can
+                // never crowd out the rest.
+                let crowded = self.event_tx.capacity() < self.event_tx.max_capacity() / 2;
+                let delivered = if crowded && (self.low_priority_gossip)(&message.data) {
+                    Counters::bump(&self.counters.gossip_shed);
+                    trace!(peer = %propagation_source, "shedding low-priority gossip");
+                    false
+                } else {
+                    self.emit(Event::Gossip {
+                        collection,
+                        msg_id: message_id.clone(),
+                        source: propagation_source,
+                        author: message.source,
+                        data: message.data,
+                    })
+                };
                 if !delivered {
                     // Nobody will judge it: do not leave it pending.
                     self.swarm

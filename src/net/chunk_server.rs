@@ -1,0 +1,306 @@
+//! The serving side of `/peermirror/chunk/1`: accepts inbound streams and
+//! answers the requests on each one in turn until the remote closes it.
+//!
+//! Anyone may open streams, so what a peer can make the server hold is
+//! bounded (see [`NetLimits`]):
+//!
+//! * streams: at most so many at once per peer and in total; a stream over
+//!   either bound is dropped on arrival;
+//! * memory: every reply (and the ids of a have request) is paid for from a
+//!   per-peer and a global byte budget before it is built, and the payment
+//!   is returned once the reply is sent. A peer that stops reading holds its
+//!   own budget, never anyone else's: its next requests wait;
+//! * time: a reply must be sent, and a request that has begun must arrive,
+//!   within the send timeout, or the stream is dropped with what it held;
+//! * rate: requests beyond the peer's rate end the stream unanswered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use libp2p_stream::IncomingStreams;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use super::chunk_protocol::{self, Request, RequestHead, Response, MAX_CHUNK_LEN};
+use super::limits::{Counters, Held, NetLimits};
+use super::rate::RateLimiter;
+use super::ChunkProvider;
+use crate::task::lock;
+
+/// How long the server waits for the next request on an open stream.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The largest reply a request can produce, reserved before the reply is
+/// built and trimmed to its real size after.
+const MAX_REPLY: usize = {
+    let have = 5 + chunk_protocol::MAX_HAVE_IDS * 2;
+    let manifest = 5 + chunk_protocol::MAX_MANIFEST_CHUNKS * 36;
+    let chunk = 5 + MAX_CHUNK_LEN;
+    let m = if have > manifest { have } else { manifest };
+    if chunk > m {
+        chunk
+    } else {
+        m
+    }
+};
+
+/// What the server keeps per peer while it has streams open.
+struct PeerEntry {
+    streams: usize,
+    budget: Arc<Semaphore>,
+}
+
+/// Shared state of the server.
+pub(crate) struct Server {
+    provider: Arc<dyn ChunkProvider>,
+    limits: NetLimits,
+    streams: Arc<Semaphore>,
+    budget: Arc<Semaphore>,
+    peers: Mutex<HashMap<PeerId, PeerEntry>>,
+    rate: Mutex<RateLimiter<PeerId>>,
+    counters: Arc<Counters>,
+}
+
+/// A stream slot: returns the peer's and the global count on drop.
+struct Slot {
+    server: Arc<Server>,
+    peer: PeerId,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut peers = lock(&self.server.peers);
+        if let Some(e) = peers.get_mut(&self.peer) {
+            e.streams -= 1;
+            if e.streams == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+        self.server
+            .counters
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Budget bytes (a usize count) as semaphore permits.
+fn permits(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+impl Server {
+    pub(crate) fn new(
+        provider: Arc<dyn ChunkProvider>,
+        limits: NetLimits,
+        counters: Arc<Counters>,
+    ) -> Arc<Self> {
+        let per_sec = limits.chunk_requests_per_sec;
+        Arc::new(Server {
+            provider,
+            streams: Arc::new(Semaphore::new(limits.max_inbound_streams)),
+            budget: Arc::new(Semaphore::new(limits.max_send_buffer.max(MAX_REPLY))),
+            peers: Mutex::new(HashMap::new()),
+            rate: Mutex::new(RateLimiter::new(per_sec, per_sec.saturating_mul(2))),
+            counters,
+            limits,
+        })
+    }
+
+    /// Takes a stream slot for `peer`, or `None` if it has too many streams
+    /// open or the server as a whole has.
+    fn admit(self: &Arc<Self>, peer: PeerId) -> Option<(Slot, Arc<Semaphore>)> {
+        let global = self.streams.clone().try_acquire_owned().ok()?;
+        let per_peer_budget = self.limits.max_send_buffer_per_peer.max(MAX_REPLY);
+        let budget = {
+            let mut peers = lock(&self.peers);
+            let e = peers.entry(peer).or_insert_with(|| PeerEntry {
+                streams: 0,
+                budget: Arc::new(Semaphore::new(per_peer_budget)),
+            });
+            if e.streams >= self.limits.max_inbound_streams_per_peer {
+                return None;
+            }
+            e.streams += 1;
+            e.budget.clone()
+        };
+        Counters::bump(&self.counters.streams);
+        let slot = Slot {
+            server: self.clone(),
+            peer,
+            _global: global,
+        };
+        Some((slot, budget))
+    }
+
+    /// Reserves `bytes` from the peer's budget, then the global one, waiting
+    /// at most the send timeout.
+    async fn reserve(
+        &self,
+        peer_budget: &Arc<Semaphore>,
+        bytes: usize,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let n = permits(bytes);
+        let both = async {
+            let mine = peer_budget.clone().acquire_many_owned(n).await.ok()?;
+            let all = self.budget.clone().acquire_many_owned(n).await.ok()?;
+            Some((mine, all))
+        };
+        tokio::time::timeout(self.limits.send_timeout, both)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// Answers every inbound chunk stream until `incoming` ends.
+pub(crate) async fn serve(mut incoming: IncomingStreams, server: Arc<Server>) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let Some((slot, budget)) = server.admit(peer) else {
+            Counters::bump(&server.counters.streams_refused);
+            debug!(%peer, "too many chunk streams, dropping one");
+            continue;
+        };
+        // Hand off at once: streams arriving while this loop is busy are dropped.
+        tokio::spawn(tracing::Instrument::in_current_span(serve_stream(
+            slot, budget, stream,
+        )));
+    }
+}
+
+/// Why a stream stops being served.
+enum Stop {
+    /// Clean end, idle, or an error already logged.
+    Done,
+    /// A deadline passed while receiving or sending.
+    Timeout,
+    /// The peer exceeded its request rate.
+    Rate,
+}
+
+async fn serve_stream(slot: Slot, budget: Arc<Semaphore>, mut stream: Stream) {
+    let server = slot.server.clone();
+    let peer = slot.peer;
+    loop {
+        match serve_one(&server, peer, &budget, &mut stream).await {
+            Ok(()) => continue,
+            Err(Stop::Done) => {}
+            Err(Stop::Timeout) => {
+                Counters::bump(&server.counters.send_timeouts);
+                debug!(%peer, "chunk stream too slow, dropping it");
+            }
+            Err(Stop::Rate) => {
+                Counters::bump(&server.counters.requests_refused);
+                debug!(%peer, "peer over its chunk request rate, dropping its stream");
+                // Unanswered: the stream is reset, not closed cleanly.
+                return;
+            }
+        }
+        break;
+    }
+    let _ = stream.close().await;
+    drop(slot);
+}
+
+/// Reads, answers and sends one request.
+async fn serve_one(
+    server: &Server,
+    peer: PeerId,
+    budget: &Arc<Semaphore>,
+    stream: &mut Stream,
+) -> Result<(), Stop> {
+    let limits = &server.limits;
+    let head =
+        match tokio::time::timeout(IDLE_TIMEOUT, chunk_protocol::read_request_head(stream)).await {
+            Ok(Ok(Some(head))) => head,
+            Ok(Ok(None)) | Err(_) => return Err(Stop::Done),
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "bad chunk request, closing stream");
+                return Err(Stop::Done);
+            }
+        };
+    if !lock(&server.rate).check(&peer, Instant::now()) {
+        return Err(Stop::Rate);
+    }
+    // Pay for the largest reply (and the ids to read) up front; the
+    // payment is trimmed to the real size once the reply exists.
+    let (mut mine, mut all) = server
+        .reserve(budget, MAX_REPLY)
+        .await
+        .ok_or(Stop::Timeout)?;
+    let req = match head {
+        RequestHead::Chunk(id) => Request::Chunk(id),
+        RequestHead::ManifestChunks(id) => Request::ManifestChunks(id),
+        RequestHead::Have(count) => {
+            let read = chunk_protocol::read_have_ids(stream, count);
+            match tokio::time::timeout(limits.send_timeout, read).await {
+                Ok(Ok(ids)) => Request::Have(ids),
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "bad have request, closing stream");
+                    return Err(Stop::Done);
+                }
+                Err(_) => return Err(Stop::Timeout),
+            }
+        }
+    };
+    let provider = server.provider.clone();
+    let resp = match tokio::task::spawn_blocking(move || answer(&*provider, req)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            warn!(%peer, error = %e, "chunk provider task failed");
+            return Err(Stop::Done);
+        }
+    };
+    let size = resp.held_bytes();
+    let keep = permits(size) as usize;
+    drop(mine.split(mine.num_permits().saturating_sub(keep)));
+    drop(all.split(all.num_permits().saturating_sub(keep)));
+    let held = Held::new(&server.counters, size);
+    let sent = tokio::time::timeout(
+        limits.send_timeout,
+        chunk_protocol::write_response(stream, &resp),
+    )
+    .await;
+    drop(resp);
+    drop(held);
+    match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "failed to send chunk response");
+            Err(Stop::Done)
+        }
+        Err(_) => Err(Stop::Timeout),
+    }
+}
+
+/// Computes the response to one request (blocking: the provider may hit disk).
+fn answer(provider: &dyn ChunkProvider, req: Request) -> Response {
+    match req {
+        Request::Chunk(id) => match provider.chunk(&id) {
+            Some(body) if body.len() > MAX_CHUNK_LEN => {
+                warn!(
+                    chunk = %id,
+                    len = body.len(),
+                    "chunk exceeds the protocol limit, reporting not found"
+                );
+                Response::NotFound
+            }
+            Some(body) => Response::Found(body),
+            None => Response::NotFound,
+        },
+        Request::Have(ids) => {
+            let mut flags = provider.have(&ids);
+            flags.resize(ids.len(), false);
+            Response::Have(flags)
+        }
+        Request::ManifestChunks(id) => match provider.manifest_chunks(&id) {
+            Some(list) if list.len() <= chunk_protocol::MAX_MANIFEST_CHUNKS => {
+                Response::ManifestChunks(list)
+            }
+            _ => Response::NotFound,
+        },
+    }
+}
