@@ -19,6 +19,7 @@
 //! max_connections = 256
 //! max_connections_per_ip = 16
 //! max_store_bytes = 0
+//! ban_secs = 600
 //!
 //! [log]
 //! level = "warn"
@@ -118,6 +119,10 @@ pub struct LimitsSettings {
     /// Bytes the store may hold (0: no limit); a version that would not
     /// fit is refused before it is fetched.
     pub max_store_bytes: u64,
+    /// Seconds a peer is disconnected and refused once its offences in
+    /// downloads (wrong bytes, false have-maps or chunk lists, stalls)
+    /// reach the ban threshold. Default 600 (see docs/security/download.md).
+    pub ban_secs: u64,
 }
 
 impl Default for LimitsSettings {
@@ -126,6 +131,7 @@ impl Default for LimitsSettings {
             max_connections: 256,
             max_connections_per_ip: 16,
             max_store_bytes: 0,
+            ban_secs: 600,
         }
     }
 }

@@ -85,6 +85,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         &target.body,
         &me.progress,
         &cancelled,
+        &inner.reputation,
     )
     .await?;
     let s = inner.store.clone();
@@ -103,6 +104,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         missing,
         &me.progress,
         &cancelled,
+        &inner.reputation,
     )
     .await?;
     let s = inner.store.clone();

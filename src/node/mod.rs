@@ -16,6 +16,7 @@ mod follow;
 mod latest;
 mod local;
 mod provider;
+mod reputation;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -160,6 +161,8 @@ pub(crate) struct Inner {
     pub(crate) bytes_up: Arc<AtomicU64>,
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) stopping: AtomicBool,
+    /// What peers did wrong, over the node's life; handed to every download.
+    pub(crate) reputation: reputation::Reputation,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
 }
@@ -222,8 +225,11 @@ impl Node {
         };
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
+        let reputation =
+            reputation::Reputation::new(client.clone(), Duration::from_secs(cfg.limits.ban_secs));
         let inner = Arc::new(Inner {
             store,
+            reputation,
             client,
             keep: cfg.keep.max(1),
             bytes_up,
@@ -268,6 +274,11 @@ impl Node {
     /// The store (shared with the node's tasks).
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
+    }
+
+    /// Whether `peer` is banned here for misbehaving in a download.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        crate::sync::PeerAccounting::is_banned(&self.inner.reputation, peer)
     }
 
     /// The network handle.
