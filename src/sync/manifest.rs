@@ -107,6 +107,9 @@ pub async fn fetch_manifest(
                     tracing::warn!(%peer, %why, "peer sent a false manifest chunk list");
                     accounting.offence(peer, Offence::FalseList);
                 }
+                Err(ListError::Retry(why)) => {
+                    tracing::info!(%peer, %why, "manifest chunk list given up for now");
+                }
                 Err(ListError::Stop(e)) => return Err(e),
             }
         }
@@ -118,6 +121,8 @@ pub async fn fetch_manifest(
 enum ListError {
     /// The list is false: blame the peer, try another.
     False(String),
+    /// The list could not be completed for now: try another, blame no one.
+    Retry(String),
     /// Something no other list can fix (cancelled, local store, a signed
     /// manifest that is invalid).
     Stop(SyncError),
@@ -149,7 +154,8 @@ async fn try_list(
         ListFault::Store(e) => ListError::Stop(e.into()),
     })?;
     // Give the list up when no chunk has arrived for LIST_STALL.
-    let last = Mutex::new((progress.bytes_down.load(Ordering::Relaxed), Instant::now()));
+    let start = progress.bytes_down.load(Ordering::Relaxed);
+    let last = Mutex::new((start, Instant::now()));
     let give_up = || {
         if cancelled() {
             return true;
@@ -165,9 +171,14 @@ async fn try_list(
     match fetch_chunks(client, store, missing, progress, &give_up, accounting).await {
         Ok(()) => {}
         Err(SyncError::Cancelled) if !cancelled() => {
-            return Err(ListError::False(format!(
-                "no chunk of the list arrived for {LIST_STALL:?}"
-            )))
+            let why = format!("no chunk of the list arrived for {LIST_STALL:?}");
+            // Not one chunk: the list names what no one holds, not even
+            // its sender. Some, then none: the peers serving it stalled,
+            // which is no proof the list is false.
+            if progress.bytes_down.load(Ordering::Relaxed) == start {
+                return Err(ListError::False(why));
+            }
+            return Err(ListError::Retry(why));
         }
         Err(e @ SyncError::WrongLength { .. }) => return Err(ListError::False(e.to_string())),
         Err(e) => return Err(ListError::Stop(e)),
