@@ -34,6 +34,7 @@
 //! latest_in_flight = 8
 //! latest_timeout_secs = 10
 //! have_notes_per_sec = 10
+//! ban_secs = 600
 //!
 //! [log]
 //! level = "warn"
@@ -189,6 +190,10 @@ pub struct LimitsSettings {
     /// Gossip `Have` notes taken per second from one relaying peer, bursts
     /// of twice that (10; 0: unlimited); the rest are ignored.
     pub have_notes_per_sec: u32,
+    /// Seconds a peer is disconnected and refused once its offences in
+    /// downloads (wrong bytes, false have-maps or chunk lists, stalls)
+    /// reach the ban threshold. Default 600 (see docs/security/download.md).
+    pub ban_secs: u64,
 }
 
 impl Default for LimitsSettings {
@@ -207,6 +212,7 @@ impl Default for LimitsSettings {
             latest_in_flight: 8,
             latest_timeout_secs: 10,
             have_notes_per_sec: 10,
+            ban_secs: 600,
         }
     }
 }

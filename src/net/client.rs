@@ -5,6 +5,7 @@
 //! event loop and go straight to the peer over pooled streams.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +44,11 @@ pub(crate) enum Command {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Ban {
+        peer: PeerId,
+        duration: Duration,
+        reply: oneshot::Sender<()>,
     },
 }
 
@@ -180,6 +186,19 @@ impl Client {
     /// most [`super::MAX_HAVE_IDS`] ids per call.
     pub async fn fetch_have(&self, peer: PeerId, ids: Vec<Hash>) -> Result<Vec<bool>, NetError> {
         self.pool.fetch_have(peer, ids).await
+    }
+
+    /// Disconnects `peer` and refuses its connections for `duration` (a
+    /// later ban replaces an earlier one); it is also blacklisted in
+    /// gossip and dropped from Kademlia's routing table meanwhile. For
+    /// peers caught lying: an honest node never needs this.
+    pub async fn ban(&self, peer: PeerId, duration: Duration) -> Result<(), NetError> {
+        self.call(|reply| Command::Ban {
+            peer,
+            duration,
+            reply,
+        })
+        .await
     }
 
     /// The currently connected peers. Empty if the event loop has stopped.

@@ -104,6 +104,9 @@ pub struct EventLoop {
     topics: HashMap<TopicHash, CollectionId>,
     publish_queue: VecDeque<QueuedPublish>,
     peers: HashMap<PeerId, PeerState>,
+    /// Banned peers and when each ban ends: their connections are closed
+    /// as soon as they are established.
+    banned: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -134,6 +137,7 @@ impl EventLoop {
             topics: HashMap::new(),
             publish_queue: VecDeque::new(),
             peers: HashMap::new(),
+            banned: HashMap::new(),
         }
     }
 
@@ -169,6 +173,7 @@ impl EventLoop {
                 _ = tick.tick() => {
                     self.retry_publishes();
                     self.pool.sweep();
+                    self.expire_bans();
                 }
             }
         }
@@ -213,6 +218,14 @@ impl EventLoop {
                     .latest
                     .send_request(&peer, collection);
                 self.pending_latest.insert(id, reply);
+            }
+            Command::Ban {
+                peer,
+                duration,
+                reply,
+            } => {
+                self.ban(peer, duration);
+                let _ = reply.send(());
             }
             Command::Peers { reply } => {
                 let peers = self
@@ -361,6 +374,43 @@ impl EventLoop {
                 Ok(false) => self.publish_queue.push_back(item),
                 Err(e) => warn!(error = %e, "queued publish failed"),
             }
+        }
+    }
+
+    /// Bans `peer` for `duration`: disconnects it, blacklists it in gossip
+    /// and forgets its address in Kademlia.
+    fn ban(&mut self, peer: PeerId, duration: Duration) {
+        info!(%peer, ?duration, "banning peer");
+        self.banned.insert(peer, Instant::now() + duration);
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.gossipsub.blacklist_peer(&peer);
+        if let Some(kad) = behaviour.kad.as_mut() {
+            kad.remove_peer(&peer);
+        }
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Whether `peer` is banned now.
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.get(peer).is_some_and(|t| *t > Instant::now())
+    }
+
+    /// Lifts bans that have ended.
+    fn expire_bans(&mut self) {
+        let now = Instant::now();
+        let ended: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in ended {
+            self.banned.remove(&peer);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .remove_blacklisted_peer(&peer);
+            debug!(%peer, "ban ended");
         }
     }
 

@@ -80,6 +80,7 @@ async fn repair(
         missing,
         &me.progress,
         &stopping,
+        &inner.reputation,
     )
     .await
 }
@@ -119,6 +120,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         &target.body,
         &me.progress,
         &cancelled,
+        &inner.reputation,
     )
     .await?;
     let s = inner.store.clone();
@@ -137,6 +139,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         missing,
         &me.progress,
         &cancelled,
+        &inner.reputation,
     )
     .await?;
     let s = inner.store.clone();

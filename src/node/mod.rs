@@ -16,6 +16,7 @@ mod follow;
 mod latest;
 mod local;
 mod provider;
+mod reputation;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -224,6 +225,8 @@ pub(crate) struct Inner {
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) haves: admission::HaveFilter,
     pub(crate) stopping: AtomicBool,
+    /// What peers did wrong, over the node's life; handed to every download.
+    pub(crate) reputation: reputation::Reputation,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
 }
@@ -359,8 +362,11 @@ impl Node {
         };
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
+        let reputation =
+            reputation::Reputation::new(client.clone(), Duration::from_secs(cfg.limits.ban_secs));
         let inner = Arc::new(Inner {
             store,
+            reputation,
             client,
             keep: cfg.keep.max(1),
             bytes_up,
@@ -446,6 +452,11 @@ impl Node {
     /// Where the HTTP gateway listens, if it runs.
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
         self.http_addr
+    }
+
+    /// Whether `peer` is banned here for misbehaving in a download.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        crate::sync::PeerAccounting::is_banned(&self.inner.reputation, peer)
     }
 
     /// The network handle.

@@ -16,7 +16,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 
 use super::scheduler::{Action, Delivery, Event, Scheduler};
-use super::{Progress, SyncError};
+use super::{Offence, PeerAccounting, Progress, SyncError};
 use crate::hash::Hash;
 use crate::manifest::ChunkRef;
 use crate::net::{self, NetError};
@@ -26,13 +26,15 @@ use crate::task::{blocking, TaskFailed};
 /// Fetches `missing` (unique chunks not in the store) from connected peers
 /// until all are stored, or `cancelled()` says stop. `cancelled` is checked
 /// whenever something completes and at every deadline of the scheduler (at
-/// least every second).
+/// least every second). Offences are reported to `accounting`, and the
+/// peers it bans are left out.
 pub async fn fetch_chunks(
     client: &net::Client,
     store: &Arc<Store>,
     missing: Vec<ChunkRef>,
     progress: &Progress,
     cancelled: &(dyn Fn() -> bool + Sync),
+    accounting: &dyn PeerAccounting,
 ) -> Result<(), SyncError> {
     if missing.is_empty() {
         return Ok(());
@@ -49,7 +51,11 @@ pub async fn fetch_chunks(
                 Action::Done => return Ok(()),
                 Action::ListPeers => {
                     let peers = client.peers().await;
-                    let peers = peers.into_iter().map(|p| (p.peer_id, p.rtt)).collect();
+                    let peers = peers
+                        .into_iter()
+                        .filter(|p| !accounting.is_banned(&p.peer_id))
+                        .map(|p| (p.peer_id, p.rtt))
+                        .collect();
                     sched.handle(Event::Peers(peers), Instant::now());
                     listed = true;
                 }
@@ -58,6 +64,9 @@ pub async fn fetch_chunks(
                 }
                 Action::Fetch { peer, index, id } => work.push(fetch(client, peer, index, id)),
                 Action::Write(batch) => work.push(write(store, batch)),
+                Action::WrongLength { id, listed, actual } => {
+                    return Err(SyncError::WrongLength { id, listed, actual });
+                }
             }
         }
         if listed {
@@ -97,6 +106,7 @@ pub async fn fetch_chunks(
                 ..
             } => {
                 tracing::debug!(%peer, error = %e, "have-map request failed");
+                report_error(accounting, peer, &e);
                 sched.handle(Event::HaveFailed(peer), now);
             }
             Done::Chunk {
@@ -113,11 +123,18 @@ pub async fn fetch_chunks(
                     },
                     Ok((_, false)) => {
                         tracing::warn!(%peer, chunk = %id, "peer sent bytes that do not match the chunk id; banning it");
+                        accounting.offence(peer, Offence::WrongBytes);
                         Delivery::WrongBytes
                     }
-                    Err(NetError::NotFound) => Delivery::NotFound,
+                    Err(NetError::NotFound) => {
+                        // Asked only because its have-map claimed the chunk.
+                        tracing::debug!(%peer, chunk = %id, "peer lacks a chunk it claimed");
+                        accounting.offence(peer, Offence::FalseHave);
+                        Delivery::NotFound
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "chunk request failed");
+                        report_error(accounting, peer, &e);
                         Delivery::Failed
                     }
                 };
@@ -135,6 +152,16 @@ pub async fn fetch_chunks(
                 progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Reports the offence a failed request shows, if any: a timeout or a
+/// malformed answer is the peer's doing, a lost connection need not be.
+fn report_error(accounting: &dyn PeerAccounting, peer: PeerId, e: &NetError) {
+    match e {
+        NetError::Timeout => accounting.offence(peer, Offence::Stall),
+        NetError::Protocol(_) => accounting.offence(peer, Offence::Malformed),
+        _ => {}
     }
 }
 

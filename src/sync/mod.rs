@@ -19,6 +19,10 @@
 //! - `driver`: [`fetch_chunks`], the I/O: runs the scheduler's actions on
 //!   the network, the blocking pool and the store, and reports back.
 //! - `manifest`: [`fetch_manifest`], the chunk list first, then the chunks.
+//!
+//! What a peer does wrong is reported to a [`PeerAccounting`] the caller
+//! owns (the node keeps one for its whole life and bans repeat offenders),
+//! and peers it bans are left out of every download.
 
 mod driver;
 mod manifest;
@@ -26,6 +30,8 @@ mod peers;
 mod scheduler;
 
 use std::sync::atomic::AtomicU64;
+
+use libp2p::PeerId;
 
 use crate::hash::Hash;
 use crate::store::StoreError;
@@ -47,6 +53,57 @@ pub enum SyncError {
     /// The caller asked to stop (a newer version arrived, or shutdown).
     #[error("download cancelled")]
     Cancelled,
+    /// A chunk arrived with the right hash but not the length its list
+    /// gave: the list (a peer's manifest chunk list) is false.
+    #[error("chunk {id} is {actual} bytes, not the {listed} listed")]
+    WrongLength {
+        /// The chunk.
+        id: Hash,
+        /// The length listed.
+        listed: u32,
+        /// The length it has.
+        actual: usize,
+    },
+}
+
+/// Something a peer did wrong during a download, as reported to a
+/// [`PeerAccounting`]. Only what an honest peer would not do: slowness is
+/// not an offence (a slow request is asked elsewhere, not held against
+/// the peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Offence {
+    /// Sent bytes that do not hash to the chunk asked for.
+    WrongBytes,
+    /// Sent a manifest chunk list that is false (lengths or ids that do not
+    /// reassemble the announced manifest, or chunks no one can provide).
+    FalseList,
+    /// Answered NotFound for a chunk its have-map claimed.
+    FalseHave,
+    /// Let a request run to its timeout without answering.
+    Stall,
+    /// Sent a frame that breaks the protocol.
+    Malformed,
+}
+
+/// Where a download reports offences and learns which peers to avoid: the
+/// node keeps one over its lifetime and hands it to every download, so a
+/// liar's record follows it from one version to the next.
+pub trait PeerAccounting: Send + Sync {
+    /// `peer` committed `offence`.
+    fn offence(&self, peer: PeerId, offence: Offence);
+    /// Whether `peer` is banned (then it is asked nothing).
+    fn is_banned(&self, peer: &PeerId) -> bool;
+}
+
+/// Accounting that keeps nothing, for downloads run outside a node.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoAccounting;
+
+impl PeerAccounting for NoAccounting {
+    fn offence(&self, _: PeerId, _: Offence) {}
+    fn is_banned(&self, _: &PeerId) -> bool {
+        false
+    }
 }
 
 /// Counters a download updates, read by `status` and progress bars.

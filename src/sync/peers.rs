@@ -3,6 +3,14 @@
 //! whether it misbehaved. The [`super::scheduler`] asks it who holds what
 //! and who should get the next request; time comes in from the caller, so
 //! benches can be tested without waiting.
+//!
+//! A peer earns requests only by answering them: a NotFound for a chunk it
+//! claimed and a failed request count against it (a fresh have-map does not
+//! clear them), and both slow its response-time estimate down, so a peer
+//! that claims everything and delivers nothing does not look fast. A request
+//! still unanswered past a deadline derived from the peer's own speed is
+//! given up ("late") and the chunk asked elsewhere; the late answer is still
+//! taken if it comes.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -16,6 +24,15 @@ pub const MAX_PER_PEER: usize = 16;
 
 /// A peer is benched for this long after repeated failures.
 const BENCH: Duration = Duration::from_secs(5);
+/// A request is given up and re-issued elsewhere after this long at least...
+pub(super) const MIN_DEADLINE: Duration = Duration::from_secs(2);
+/// ... or after this many times the peer's average response time, if longer.
+const DEADLINE_FACTOR: f64 = 4.0;
+/// The response-time estimate never grows beyond this (seconds): one
+/// chunk request's own timeout.
+const MAX_SECS: f64 = 60.0;
+/// A failed request counts as at least this long (seconds) in the estimate.
+const FAIL_SECS: f64 = 0.1;
 /// Failures in a row before a peer is benched.
 const MAX_FAILURES: u32 = 3;
 /// How much longer a peer that holds everything still needed may look
@@ -26,7 +43,11 @@ const SEEDER_FACTOR: f64 = 3.0;
 
 struct Peer {
     have: Vec<bool>,
-    inflight: HashSet<usize>,
+    /// Requests in flight, with when each was sent.
+    inflight: HashMap<usize, Instant>,
+    /// Requests given up after their deadline but not answered yet: they
+    /// still occupy the peer (its per-peer limit) but not the download.
+    late: HashSet<usize>,
     /// Moving average of seconds per answered request.
     secs: f64,
     rtt: Option<Duration>,
@@ -70,7 +91,8 @@ impl Peers {
         let n = self.n;
         let p = self.peers.entry(id).or_insert_with(|| Peer {
             have: vec![false; n],
-            inflight: HashSet::new(),
+            inflight: HashMap::new(),
+            late: HashSet::new(),
             secs: rtt.map_or(0.05, |r| r.as_secs_f64().max(0.001)),
             rtt,
             failures: 0,
@@ -85,8 +107,9 @@ impl Peers {
 
     /// Drops peers not reported since the last call (disconnected).
     pub fn retain_connected(&mut self) {
-        self.peers
-            .retain(|_, p| std::mem::take(&mut p.seen) || !p.inflight.is_empty());
+        self.peers.retain(|_, p| {
+            std::mem::take(&mut p.seen) || !p.inflight.is_empty() || !p.late.is_empty()
+        });
     }
 
     pub fn ids(&self) -> Vec<PeerId> {
@@ -103,13 +126,14 @@ impl Peers {
         }
     }
 
+    /// Records a have-map answer. It does not clear the peer's failures:
+    /// claiming chunks is cheap, delivering them is what counts.
     pub fn update_have(&mut self, id: &PeerId, idx: &[usize], bits: &[bool]) {
         if let Some(p) = self.peers.get_mut(id) {
             for (&i, &b) in idx.iter().zip(bits) {
                 p.have[i] = b;
             }
             p.complete = !bits.is_empty() && bits.iter().all(|b| *b);
-            p.failures = 0;
         }
     }
 
@@ -135,8 +159,9 @@ impl Peers {
             .iter()
             .filter(|(id, p)| {
                 p.have[i]
-                    && p.inflight.len() < MAX_PER_PEER
+                    && p.inflight.len() + p.late.len() < MAX_PER_PEER
                     && p.benched_until.is_none_or(|t| t <= now)
+                    && !p.late.contains(&i)
                     && !exclude.contains(id)
             })
             .min_by(|(_, a), (_, b)| cost(a).total_cmp(&cost(b)).then(a.rtt.cmp(&b.rtt)))
@@ -147,25 +172,33 @@ impl Peers {
     pub fn fetching(&self, i: usize) -> Vec<PeerId> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.inflight.contains(&i))
+            .filter(|(_, p)| p.inflight.contains_key(&i))
             .map(|(id, _)| *id)
             .collect()
     }
 
+    /// Requests the download waits for (late ones excluded: they no longer
+    /// hold a slot of the download, only of their peer).
     pub fn total_inflight(&self) -> usize {
         self.peers.values().map(|p| p.inflight.len()).sum()
     }
 
-    pub fn started(&mut self, id: &PeerId, i: usize) {
+    pub fn started(&mut self, id: &PeerId, i: usize, now: Instant) {
         if let Some(p) = self.peers.get_mut(id) {
-            p.inflight.insert(i);
+            p.inflight.insert(i, now);
         }
     }
 
-    pub fn finished(&mut self, id: &PeerId, i: usize) {
-        if let Some(p) = self.peers.get_mut(id) {
-            p.inflight.remove(&i);
+    /// A request for chunk `i` to `id` ended (any outcome). Returns how
+    /// long it took, and whether it had been given up as late (the
+    /// scheduler already moved the chunk on); `None` if no such request
+    /// was known.
+    pub fn finished(&mut self, id: &PeerId, i: usize, now: Instant) -> Option<(Duration, bool)> {
+        let p = self.peers.get_mut(id)?;
+        if let Some(t) = p.inflight.remove(&i) {
+            return Some((now.saturating_duration_since(t), false));
         }
+        p.late.remove(&i).then_some((Duration::ZERO, true))
     }
 
     pub fn succeeded(&mut self, id: &PeerId, took: Duration) {
@@ -175,17 +208,59 @@ impl Peers {
         }
     }
 
-    /// The peer does not hold chunk `i` after all.
-    pub fn lacks(&mut self, id: &PeerId, i: usize) {
+    /// The peer does not hold chunk `i` after all, though it claimed it: a
+    /// failure like any other, so a peer that claims everything and sends
+    /// nothing is benched rather than asked again and again.
+    pub fn lacks(&mut self, id: &PeerId, i: usize, took: Duration, now: Instant) {
         if let Some(p) = self.peers.get_mut(id) {
             p.have[i] = false;
         }
+        self.failed(id, took, now);
     }
 
-    /// A request failed at `now` (stream reset, timeout): bench after
-    /// repeated failures.
-    pub fn failed(&mut self, id: &PeerId, now: Instant) {
+    /// Requests past their deadline at `now`, as (peer, chunk): each is
+    /// moved to the peer's late set and slows its estimate down to at
+    /// least the time already waited. Not a failure: a slow peer is not a
+    /// faulty one.
+    pub fn take_overdue(&mut self, now: Instant) -> Vec<(PeerId, usize)> {
+        let mut out = Vec::new();
+        for (id, p) in &mut self.peers {
+            let limit = deadline(p);
+            let over: Vec<(usize, Duration)> = p
+                .inflight
+                .iter()
+                .map(|(&i, &t)| (i, now.saturating_duration_since(t)))
+                .filter(|(_, waited)| *waited >= limit)
+                .collect();
+            for (i, waited) in over {
+                p.inflight.remove(&i);
+                p.late.insert(i);
+                p.secs = p.secs.max(waited.as_secs_f64()).min(MAX_SECS);
+                out.push((*id, i));
+            }
+        }
+        out
+    }
+
+    /// When the next request in flight passes its deadline.
+    pub fn next_overdue(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .flat_map(|p| {
+                let limit = deadline(p);
+                p.inflight.values().map(move |&t| t + limit)
+            })
+            .min()
+    }
+
+    /// A request failed at `now` after `took` (stream reset, timeout,
+    /// NotFound): the estimate slows down (at least doubles), and the peer
+    /// is benched after repeated failures.
+    pub fn failed(&mut self, id: &PeerId, took: Duration, now: Instant) {
         if let Some(p) = self.peers.get_mut(id) {
+            p.secs = (p.secs * 2.0)
+                .max(took.as_secs_f64())
+                .clamp(FAIL_SECS, MAX_SECS);
             p.failures += 1;
             if p.failures >= MAX_FAILURES {
                 p.benched_until = Some(now + BENCH);
@@ -215,9 +290,16 @@ impl Peers {
     }
 }
 
+/// How long a request to `p` may take before it is given up as late.
+fn deadline(p: &Peer) -> Duration {
+    MIN_DEADLINE.max(Duration::from_secs_f64(
+        (p.secs * DEADLINE_FACTOR).min(MAX_SECS),
+    ))
+}
+
 /// Expected wait for one more request to `p`.
 fn cost(p: &Peer) -> f64 {
-    let wait = (p.inflight.len() + 1) as f64 * p.secs;
+    let wait = (p.inflight.len() + p.late.len() + 1) as f64 * p.secs;
     if p.complete {
         wait * SEEDER_FACTOR
     } else {
@@ -251,7 +333,7 @@ mod tests {
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
         assert_ne!(order, sorted, "ties are shuffled");
         assert_eq!(p.best_holder(1, &[], now), Some(a));
-        p.started(&a, 1);
+        p.started(&a, 1, now);
         // a is now busier than b.
         assert_eq!(p.best_holder(0, &[], now), Some(b));
         assert_eq!(p.best_holder(0, &[b], now), Some(a));
@@ -271,7 +353,7 @@ mod tests {
         assert_eq!(p.best_holder(1, &[], now), Some(seeder));
         // Until the mirror is much busier than the seeder.
         for i in 0..3 {
-            p.started(&mirror, 100 + i);
+            p.started(&mirror, 100 + i, now);
         }
         assert_eq!(p.best_holder(0, &[], now), Some(seeder));
     }
@@ -288,7 +370,7 @@ mod tests {
         p.ban(&a, now);
         assert_eq!(p.best_holder(0, &[], now), Some(b));
         for _ in 0..MAX_FAILURES {
-            p.failed(&b, now);
+            p.failed(&b, Duration::ZERO, now);
         }
         assert_eq!(p.best_holder(0, &[], now), None);
         // A banned peer stays out even when it reconnects.
@@ -306,7 +388,7 @@ mod tests {
         p.connected(b, None);
         assert_eq!(p.next_return(now), None);
         for _ in 0..MAX_FAILURES {
-            p.failed(&a, now);
+            p.failed(&a, Duration::ZERO, now);
         }
         p.ban(&b, now);
         assert_eq!(p.next_return(now), Some(now + BENCH));

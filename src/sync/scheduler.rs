@@ -21,6 +21,11 @@
 //!    second on another holder (endgame);
 //! 3. verified chunks are handed out for writing in batches of
 //!    [`WRITE_BATCH`] bytes, or after [`WRITE_DELAY`], one batch at a time.
+//!
+//! A request unanswered past its peer's deadline (see [`Peers`]) is given
+//! up before step 2, so its chunk is asked of another holder. A chunk whose
+//! bytes hash right but whose length is not the one listed stops the
+//! download with [`Action::WrongLength`]: the list it came from lied.
 
 use std::time::{Duration, Instant};
 
@@ -152,6 +157,16 @@ pub(crate) enum Action {
     },
     /// Store these verified chunks and answer with [`Event::Written`].
     Write(Vec<(Hash, Vec<u8>)>),
+    /// Chunk `id` arrived with the right hash but not the length listed:
+    /// the chunk list is false, stop this download. Comes alone.
+    WrongLength {
+        /// The chunk.
+        id: Hash,
+        /// The length the list gave.
+        listed: u32,
+        /// Its real length.
+        actual: usize,
+    },
     /// Every chunk is stored: the download is complete.
     Done,
 }
@@ -165,6 +180,9 @@ impl std::fmt::Debug for Action {
             }
             Action::Fetch { peer, index, .. } => write!(f, "Fetch({peer}, {index})"),
             Action::Write(batch) => write!(f, "Write({} chunks)", batch.len()),
+            Action::WrongLength { id, listed, actual } => {
+                write!(f, "WrongLength({id}: {listed} listed, {actual} real)")
+            }
             Action::Done => f.write_str("Done"),
         }
     }
@@ -193,6 +211,8 @@ pub(crate) struct Scheduler {
     buffered: usize,
     writing: bool,
     last_write: Instant,
+    /// A chunk arrived whose length is not the listed one: (index, length).
+    wrong_length: Option<(usize, usize)>,
 }
 
 impl Scheduler {
@@ -214,6 +234,7 @@ impl Scheduler {
             buffered: 0,
             writing: false,
             last_write: now,
+            wrong_length: None,
         }
     }
 
@@ -239,7 +260,7 @@ impl Scheduler {
             }
             Event::HaveFailed(peer) => {
                 self.peers.set_have_pending(&peer, false);
-                self.peers.failed(&peer, now);
+                self.peers.failed(&peer, Duration::ZERO, now);
             }
             Event::Chunk {
                 peer,
@@ -256,13 +277,23 @@ impl Scheduler {
     }
 
     fn on_chunk(&mut self, peer: PeerId, i: usize, result: Delivery, now: Instant) -> u64 {
-        self.peers.finished(&peer, i);
+        // A late request's chunk was already moved on: its answer changes
+        // what is known of the peer, and a verified body is still taken,
+        // but a failure must not release the chunk a second time.
+        let (took, late) = self
+            .peers
+            .finished(&peer, i, now)
+            .unwrap_or((Duration::ZERO, true));
         match result {
             Delivery::Verified { data, took } => {
                 self.peers.succeeded(&peer, took);
                 if self.state[i] != Slot::Done {
-                    self.set(i, Slot::Done);
                     let len = data.len();
+                    if len != self.chunks[i].len as usize {
+                        self.wrong_length.get_or_insert((i, len));
+                        return 0;
+                    }
+                    self.set(i, Slot::Done);
                     self.buffered += len;
                     self.buffer.push((self.chunks[i].id, data));
                     return len as u64;
@@ -270,17 +301,23 @@ impl Scheduler {
             }
             Delivery::WrongBytes => {
                 self.peers.ban(&peer, now);
-                self.release(i);
+                if !late {
+                    self.release(i);
+                }
                 self.order_dirty = true;
             }
             Delivery::NotFound => {
-                self.peers.lacks(&peer, i);
-                self.release(i);
+                self.peers.lacks(&peer, i, took, now);
+                if !late {
+                    self.release(i);
+                }
                 self.order_dirty = true;
             }
             Delivery::Failed => {
-                self.peers.failed(&peer, now);
-                self.release(i);
+                self.peers.failed(&peer, took, now);
+                if !late {
+                    self.release(i);
+                }
             }
         }
         0
@@ -290,6 +327,14 @@ impl Scheduler {
     /// requests that follow use the fresh peer list; [`Action::Done`] comes
     /// alone once every chunk is written.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        if let Some((i, actual)) = self.wrong_length {
+            let c = self.chunks[i];
+            return vec![Action::WrongLength {
+                id: c.id,
+                listed: c.len,
+                actual,
+            }];
+        }
         if self.unwritten == 0 {
             return vec![Action::Done];
         }
@@ -301,6 +346,12 @@ impl Scheduler {
             self.last_refresh = Some(now);
             self.ask_have = true;
             return vec![Action::ListPeers];
+        }
+        // Requests past their peer's deadline: ask another holder.
+        for (peer, i) in self.peers.take_overdue(now) {
+            tracing::debug!(%peer, chunk = %self.chunks[i].id, "request late; asking another holder");
+            self.release(i);
+            self.order_dirty = true;
         }
         let mut out = Vec::new();
         if std::mem::take(&mut self.ask_have) {
@@ -325,7 +376,8 @@ impl Scheduler {
     }
 
     /// The latest time the driver should poll again if nothing happens
-    /// before: the next refresh, the write delay, or a bench ending.
+    /// before: the next refresh, the write delay, a bench ending, or a
+    /// request's deadline.
     pub fn next_deadline(&self, now: Instant) -> Instant {
         let mut next = self.last_refresh.map_or(now, |t| t + self.refresh_every());
         if !self.writing && !self.buffer.is_empty() {
@@ -333,6 +385,9 @@ impl Scheduler {
         }
         if let Some(t) = self.peers.next_return(now) {
             next = next.min(t);
+        }
+        if let Some(t) = self.peers.next_overdue() {
+            next = next.min(t.max(now));
         }
         next
     }
@@ -387,7 +442,7 @@ impl Scheduler {
                 continue;
             };
             self.set(i, Slot::InFlight(1));
-            self.request(peer, i, out);
+            self.request(peer, i, now, out);
         }
         // Endgame: nothing left to start, so duplicate what is in flight.
         if self.needed == 0 {
@@ -399,15 +454,15 @@ impl Scheduler {
                     let busy = self.peers.fetching(i);
                     if let Some(peer) = self.peers.best_holder(i, &busy, now) {
                         self.set(i, Slot::InFlight(2));
-                        self.request(peer, i, out);
+                        self.request(peer, i, now, out);
                     }
                 }
             }
         }
     }
 
-    fn request(&mut self, peer: PeerId, i: usize, out: &mut Vec<Action>) {
-        self.peers.started(&peer, i);
+    fn request(&mut self, peer: PeerId, i: usize, now: Instant, out: &mut Vec<Action>) {
+        self.peers.started(&peer, i, now);
         out.push(Action::Fetch {
             peer,
             index: i,

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod harness_selftest;
+mod hostile;
 mod http;
 mod http_mirror;
 mod limits;

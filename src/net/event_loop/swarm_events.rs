@@ -44,6 +44,14 @@ impl EventLoop {
                 ..
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if self.is_banned(&peer_id) {
+                    debug!(peer = %peer_id, "closing a banned peer's connection");
+                    self.swarm.close_connection(connection_id);
+                    if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                        let _ = reply.send(Err(NetError::Dial("peer is banned".into())));
+                    }
+                    return;
+                }
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
@@ -68,9 +76,11 @@ impl EventLoop {
                     state.conns.remove(&connection_id);
                 }
                 if num_established == 0 {
-                    self.peers.remove(&peer_id);
                     self.pool.forget(&peer_id);
-                    self.emit(Event::PeerDisconnected(peer_id));
+                    // A banned peer's connection was never announced.
+                    if self.peers.remove(&peer_id).is_some() {
+                        self.emit(Event::PeerDisconnected(peer_id));
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {

@@ -93,6 +93,8 @@ impl Harness {
     fn deliver(&mut self, peer: PeerId, index: usize, len: usize) -> u64 {
         // Zeroed memory is mapped lazily, so large chunks cost no RAM here.
         let data = vec![0u8; len];
+        // Sizes are chosen at delivery; the list agrees with them.
+        self.s.chunks[index].len = len as u32;
         self.answer(peer, index, Delivery::Verified { data, took: ms(1) })
     }
 }
@@ -361,4 +363,114 @@ fn peers_that_leave_are_forgotten() {
     h.peers.clear();
     h.now += REFRESH;
     assert_eq!(h.fetches(), vec![], "a peer gone is not asked");
+}
+
+#[test]
+fn not_found_for_a_claimed_chunk_benches_and_have_maps_do_not_clear_it() {
+    let (mut h, ids) = Harness::new(1, &[1]);
+    let liar = ids[0];
+    h.poll();
+    for _ in 0..3 {
+        // It claims the chunk (again), is asked, and has nothing.
+        h.have(liar, &[0]);
+        assert_eq!(h.fetches(), vec![(liar, 0)]);
+        h.answer(liar, 0, Delivery::NotFound);
+    }
+    h.have(liar, &[0]);
+    assert_eq!(h.fetches(), vec![], "benched after three NotFounds");
+}
+
+#[test]
+fn failures_slow_the_estimate_down() {
+    // a looks 10x faster by RTT, but its request fails.
+    let (mut h, ids) = Harness::new(2, &[1, 10]);
+    let (a, b) = (ids[0], ids[1]);
+    h.poll();
+    h.have(a, &[0]);
+    assert_eq!(h.fetches(), vec![(a, 0)]);
+    h.answer(a, 0, Delivery::Failed);
+    h.have(a, &[0, 1]);
+    h.have(b, &[0, 1]);
+    // Both chunks go to b first; a gets only the endgame duplicates.
+    let f = h.fetches();
+    assert_eq!(f.len(), 4, "{f:?}");
+    assert!(f[..2].iter().all(|(p, _)| *p == b), "{f:?}");
+}
+
+#[test]
+fn a_late_request_is_asked_elsewhere_and_its_late_answer_still_counts() {
+    // 17 chunks: the slow peer takes 16 (its limit), so one stays needed
+    // and the endgame does not start.
+    let (mut h, ids) = Harness::new(MAX_PER_PEER + 1, &[1, 1]);
+    let (slow, other) = (ids[0], ids[1]);
+    h.poll();
+    h.have(slow, &(0..MAX_PER_PEER + 1).collect::<Vec<_>>());
+    let f = h.fetches();
+    assert_eq!(f.len(), MAX_PER_PEER, "{f:?}");
+    let sent: Vec<usize> = f.iter().map(|(_, i)| *i).collect();
+    h.have(other, &sent);
+    // Nothing is late before the deadline...
+    h.now += ms(1_900);
+    assert_eq!(h.fetches(), vec![]);
+    assert!(h.s.next_deadline(h.now) <= h.start + crate::sync::peers::MIN_DEADLINE);
+    // ... then every chunk sent goes to the other holder, and the late
+    // requests leave the download's slots.
+    h.now = h.start + crate::sync::peers::MIN_DEADLINE;
+    let f = h.fetches();
+    let mut again: Vec<usize> = f.iter().map(|(_, i)| *i).collect();
+    again.sort_unstable();
+    let mut want = sent.clone();
+    want.sort_unstable();
+    assert_eq!(again, want);
+    assert!(f.iter().all(|(p, _)| *p == other), "{f:?}");
+    assert_eq!(h.s.peers.total_inflight(), MAX_PER_PEER);
+    // The slow peer's late answer is taken; its late failure does not
+    // release the request running on `other`.
+    let (s0, s1) = (sent[0], sent[1]);
+    assert_eq!(h.deliver(slow, s0, 10), 10);
+    h.answer(slow, s1, Delivery::Failed);
+    assert_eq!(h.s.state[s1], Slot::InFlight(1));
+    assert_eq!(h.deliver(other, s0, 10), 0, "duplicate");
+    assert_eq!(h.deliver(other, s1, 10), 10);
+}
+
+#[test]
+fn a_slow_peer_gets_a_longer_deadline() {
+    let (mut h, ids) = Harness::new(2, &[1]);
+    let p = ids[0];
+    h.poll();
+    h.have(p, &[0, 1]);
+    assert_eq!(h.fetches().len(), 2);
+    h.now += ms(1_000);
+    h.deliver(p, 0, 10);
+    // Its answers take about a second.
+    for _ in 0..20 {
+        h.s.peers.succeeded(&p, Duration::from_secs(1));
+    }
+    // 4 x ~1 s: the request sent at the start is not late at 3 s...
+    h.now = h.start + ms(3_000);
+    assert_eq!(h.fetches(), vec![]);
+    assert_eq!(h.s.state[1], Slot::InFlight(1));
+    // ... but is at 4 s, and not asked of the same peer again.
+    h.now = h.start + ms(4_100);
+    assert_eq!(h.fetches(), vec![]);
+    assert_eq!(h.s.state[1], Slot::Needed);
+}
+
+#[test]
+fn a_chunk_of_another_length_than_listed_stops_the_download() {
+    let (mut h, ids) = Harness::new(1, &[1]);
+    h.poll();
+    h.have(ids[0], &[0]);
+    assert_eq!(h.fetches(), vec![(ids[0], 0)]);
+    let data = vec![0u8; 8 << 20];
+    assert_eq!(
+        h.answer(ids[0], 0, Delivery::Verified { data, took: ms(1) }),
+        0
+    );
+    let actions = h.poll();
+    assert!(
+        matches!(actions.as_slice(), [Action::WrongLength { listed: 1, actual, .. }] if *actual == 8 << 20),
+        "{actions:?}"
+    );
 }
