@@ -9,6 +9,7 @@
 mod fixtures;
 mod logs;
 mod node;
+mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,6 +22,7 @@ use peermirror::node::{Node, NodeConfig};
 pub use fixtures::*;
 pub use logs::{outside_log, LOG_FILE};
 pub use node::TestNode;
+pub use tmpfs::Tmpfs;
 
 /// The built binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_peermirror");
