@@ -17,6 +17,7 @@ mod batch;
 mod export;
 mod gc;
 mod segments;
+mod space;
 mod verify;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +40,7 @@ pub use export::ExportReport;
 pub use gc::GcReport;
 pub use segments::Loc;
 use segments::Segments;
+pub use space::{Fit, DISK_RESERVE};
 pub use verify::{Problem, VerifyReport};
 
 /// What went wrong in the store, grouped by what the caller can do about it.
@@ -96,6 +99,20 @@ pub enum StoreError {
         version: u64,
         /// How many chunks are missing.
         missing: usize,
+    },
+    /// A chunk write refused because it would leave less than
+    /// [`DISK_RESERVE`] free (the index needs room to commit).
+    #[error(
+        "disk full: {} needed (with {} kept free for the index), {} available",
+        space::mib(*.needed),
+        space::mib(DISK_RESERVE),
+        space::mib(*.available)
+    )]
+    DiskFull {
+        /// Bytes needed, the reserve included.
+        needed: u64,
+        /// Bytes free.
+        available: u64,
     },
     /// An export destination that would be overwritten without being asked to.
     #[error("{0} exists and is not empty (pass --replace to swap it atomically)")]
@@ -181,6 +198,8 @@ pub struct Store {
     /// Serialises read-modify-write of collection records (announcements
     /// arrive from gossip and from several peers at once).
     records: std::sync::Mutex<()>,
+    /// Free space chunk writes leave for the index (see [`space`]).
+    disk_reserve: AtomicU64,
     _lock: File,
 }
 
@@ -212,6 +231,7 @@ impl Store {
             db,
             gate: RwLock::new(()),
             records: std::sync::Mutex::new(()),
+            disk_reserve: AtomicU64::new(DISK_RESERVE),
             _lock: lock,
         })
     }

@@ -1,7 +1,7 @@
 //! Full disks: the store, a syncing node and export on a real small tmpfs.
 
 use peermirror::hash::Hash;
-use peermirror::store::Store;
+use peermirror::store::{Store, DISK_RESERVE};
 
 use crate::harness::*;
 
@@ -17,6 +17,8 @@ fn store_stays_consistent_when_the_disk_fills_mid_batch() {
     disk.fill(&ballast, 8 << 20);
     let data = disk.path().join("data");
     let store = Store::open(&data).unwrap();
+    // No reserve: the file system itself refuses a write half-way.
+    store.set_disk_reserve(0);
     let chunk = |i: u64| {
         let d = random_bytes((1 << 20) + 1000 * i as usize, 500 + i);
         (Hash::of(&d), d)
@@ -59,4 +61,53 @@ fn store_stays_consistent_when_the_disk_fills_mid_batch() {
     drop(store);
     let store = Store::open(&data).unwrap();
     check(&store);
+}
+
+/// A store that fills its own disk stops short of the reserve kept for the
+/// index (sled keeps failing after one failed write, even once space is
+/// freed), refuses with a disk-full error, and carries on once space is freed.
+#[test]
+fn a_store_filling_its_disk_leaves_the_index_reserve_free() {
+    let h = Harness::new();
+    let Some(disk) = Tmpfs::mount(&h.path("disk"), 32 << 20) else {
+        return;
+    };
+    let data = disk.path().join("data");
+    let store = Store::open(&data).unwrap();
+    let ballast = disk.path().join("ballast");
+    disk.fill(&ballast, 12 << 20);
+    let chunk = |i: u64| {
+        let d = random_bytes(64 << 10, 9000 + i);
+        (Hash::of(&d), d)
+    };
+    let mut committed = Vec::new();
+    let mut i = 0;
+    let err = loop {
+        let batch: Vec<_> = (i..i + 4).map(chunk).collect();
+        i += 4;
+        match store.put_chunks(&batch) {
+            Ok(_) => committed.extend(batch.iter().map(|(id, _)| *id)),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_disk_full(), "{err}");
+    assert!(err.to_string().contains("kept free for the index"), "{err}");
+    let free = disk.available();
+    assert!(
+        free + (64 << 10) >= DISK_RESERVE,
+        "only {free} bytes left free"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    for _ in 0..8 {
+        let batch: Vec<_> = (i..i + 4).map(chunk).collect();
+        i += 4;
+        store
+            .put_chunks(&batch)
+            .expect("writing once space is freed");
+        committed.extend(batch.iter().map(|(id, _)| *id));
+    }
+    for id in &committed {
+        store.read_chunk(id).unwrap();
+    }
+    assert!(store.verify(false).unwrap().problems.is_empty());
 }

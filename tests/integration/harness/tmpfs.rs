@@ -50,6 +50,17 @@ impl Tmpfs {
         &self.path
     }
 
+    /// Bytes free for an ordinary user of the file system.
+    pub fn available(&self) -> u64 {
+        let p = CString::new(self.path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+        unsafe {
+            let mut s: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(p.as_ptr(), &mut s), 0, "statvfs");
+            s.f_bavail as u64 * s.f_frsize as u64
+        }
+    }
+
     /// Writes `path` until the file system is full (or `limit` bytes are
     /// written); returns the bytes written. Delete the file to free them.
     pub fn fill(&self, path: &Path, limit: u64) -> u64 {
