@@ -16,6 +16,7 @@ mod follow;
 mod latest;
 mod local;
 mod provider;
+mod space;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -157,6 +158,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<Store>,
     pub(crate) client: net::Client,
     pub(crate) keep: usize,
+    /// `limits.max_store_bytes`: the store quota followers check (0: none).
+    pub(crate) max_store_bytes: u64,
     pub(crate) bytes_up: Arc<AtomicU64>,
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) stopping: AtomicBool,
@@ -226,6 +229,7 @@ impl Node {
             store,
             client,
             keep: cfg.keep.max(1),
+            max_store_bytes: cfg.limits.max_store_bytes,
             bytes_up,
             followers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
@@ -386,6 +390,7 @@ impl Node {
             cs.done_bytes = f.progress.done_bytes.load(Ordering::Relaxed);
             cs.total_bytes = f.progress.total_bytes.load(Ordering::Relaxed);
             cs.bytes_down = f.progress.bytes_down.load(Ordering::Relaxed);
+            cs.refused = lock(&f.refused).clone();
         }
         let peers = self
             .inner

@@ -40,6 +40,7 @@ pub use export::ExportReport;
 pub use gc::GcReport;
 pub use segments::Loc;
 use segments::Segments;
+pub(crate) use space::mib;
 pub use space::{Fit, DISK_RESERVE};
 pub use verify::{Problem, VerifyReport};
 
