@@ -7,7 +7,8 @@
 //! collection ([`follow`]), which fetches each newer version and makes it
 //! current when complete; a poller that asks every peer for the latest
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
-//! and the control socket ([`control_server`]). It stops when the shutdown
+//! a task that dials configured peers again while they are not connected
+//! ([`redial`]); and the control socket ([`control_server`]). It stops when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
 pub mod admission;
@@ -16,6 +17,7 @@ mod follow;
 mod latest;
 mod local;
 mod provider;
+mod redial;
 mod space;
 
 use std::collections::HashMap;
@@ -242,6 +244,11 @@ impl Node {
         })));
         tasks.push(inner.spawn(handle_events(inner.clone(), events, rx.clone())));
         tasks.push(inner.spawn(latest::poll(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(redial::run(
+            inner.clone(),
+            cfg.net.bootstrap.clone(),
+            rx.clone(),
+        )));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {

@@ -2,3 +2,4 @@
 //! restarted nodes, a master that is stopped, started late or restarted.
 
 mod disk;
+mod peers;
