@@ -2,4 +2,5 @@
 //! restarted nodes, a master that is stopped, started late or restarted.
 
 mod disk;
+mod kill;
 mod peers;
