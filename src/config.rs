@@ -156,8 +156,11 @@ pub struct LimitsSettings {
     pub max_connections: u32,
     /// Connections from one IP address.
     pub max_connections_per_ip: u32,
-    /// Bytes the store may hold (0: no limit); a version that would not
-    /// fit is refused before it is fetched.
+    /// Bytes of chunk data the store may hold (0, the default: no limit).
+    /// A version whose missing chunks would take the store past it is
+    /// refused before it is fetched (logged, and shown in `status`), so a
+    /// quota should leave room for `store.keep + 1` versions during an
+    /// update. See docs/security/faults.md.
     pub max_store_bytes: u64,
     // What a peer may make the network side spend; each is explained, with
     // the attack it answers, in docs/security/network.md.

@@ -129,6 +129,9 @@ pub fn status(s: &Status) {
                 }
             }
         }
+        if let Some(r) = &c.refused {
+            println!("  refused: version {}: {}", r.version, r.reason);
+        }
         let vs: Vec<String> = c.versions.iter().map(u64::to_string).collect();
         println!("  versions held: {}", vs.join(", "));
         if s.node.is_some() {

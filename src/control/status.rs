@@ -63,6 +63,19 @@ pub struct CollectionStatus {
     pub versions: Vec<u64>,
     /// Chunk bytes received from peers for this collection (running node only).
     pub bytes_down: u64,
+    /// A newer version the node does not fetch, and why (running node only).
+    #[serde(default)]
+    pub refused: Option<Refused>,
+}
+
+/// A version a node will not fetch: over the store quota (refused until the
+/// quota or the store changes), or not enough disk space (retried).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Refused {
+    /// The version.
+    pub version: u64,
+    /// Why, for people.
+    pub reason: String,
 }
 
 /// The current version of a collection.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{lock, Inner};
+use super::{lock, space, Inner};
 use crate::gossip::GossipMessage;
 use crate::keys::CollectionId;
 use crate::store::StoreError;
@@ -25,6 +25,8 @@ pub(crate) struct Follower {
     pub(crate) progress: Progress,
     /// A chunk was dropped as corrupt: check the current version is whole.
     pub(crate) repair: std::sync::atomic::AtomicBool,
+    /// A version not fetched for lack of space, shown in `status`.
+    pub(crate) refused: std::sync::Mutex<Option<crate::control::status::Refused>>,
 }
 
 /// Runs until shutdown.
@@ -36,11 +38,22 @@ pub(crate) async fn run(
     let Some(me) = lock(&inner.followers).get(&c).cloned() else {
         return;
     };
+    let mut backoff = space::BACKOFF_START;
     loop {
-        match step(&inner, c, &me).await {
+        let r = step(&inner, c, &me).await;
+        if !matches!(&r, Err(e) if space::disk_full(e)) {
+            backoff = space::BACKOFF_START;
+        }
+        match r {
             Ok(true) => continue,
             Ok(false) => {}
             Err(SyncError::Cancelled) => {}
+            Err(e) if space::disk_full(&e) => {
+                if !space::wait_for_space(&inner, c, &e, &mut backoff, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(collection = %c, error = %e, "sync failed; will retry");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -113,6 +126,17 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
                 .flatten()
                 .is_some_and(|a| a.body.version > v)
     };
+    let (s, id) = (inner.store.clone(), target.body.manifest);
+    let held = blocking::<_, StoreError>("checking for the manifest", move || s.has_manifest(&id));
+    let adds = if held.await? {
+        0
+    } else {
+        target.body.manifest_size
+    };
+    if !space::admit(inner, c, me, v, adds).await? {
+        me.in_progress.store(0, Ordering::Relaxed);
+        return Ok(false);
+    }
     tracing::info!(collection = %c, version = v, "fetching version");
     let m = sync::fetch_manifest(
         &inner.client,
@@ -129,6 +153,10 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     let missing = blocking("listing missing chunks", move || s.missing_chunks(&m2)).await?;
     let total = m.total_bytes();
     let lacking: u64 = missing.iter().map(|c| c.len as u64).sum();
+    if !space::admit(inner, c, me, v, lacking).await? {
+        me.in_progress.store(0, Ordering::Relaxed);
+        return Ok(false);
+    }
     me.progress.total_bytes.store(total, Ordering::Relaxed);
     me.progress
         .done_bytes

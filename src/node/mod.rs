@@ -7,7 +7,8 @@
 //! collection ([`follow`]), which fetches each newer version and makes it
 //! current when complete; a poller that asks every peer for the latest
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
-//! and the control socket ([`control_server`]). It stops when the shutdown
+//! a task that dials configured peers again while they are not connected
+//! ([`redial`]); and the control socket ([`control_server`]). It stops when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
 pub mod admission;
@@ -16,7 +17,9 @@ mod follow;
 mod latest;
 mod local;
 mod provider;
+mod redial;
 mod reputation;
+mod space;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -221,6 +224,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<Store>,
     pub(crate) client: net::Client,
     pub(crate) keep: usize,
+    /// `limits.max_store_bytes`: the store quota followers check (0: none).
+    pub(crate) max_store_bytes: u64,
     pub(crate) bytes_up: Arc<AtomicU64>,
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) haves: admission::HaveFilter,
@@ -278,6 +283,7 @@ impl Inner {
             cs.done_bytes = f.progress.done_bytes.load(Ordering::Relaxed);
             cs.total_bytes = f.progress.total_bytes.load(Ordering::Relaxed);
             cs.bytes_down = f.progress.bytes_down.load(Ordering::Relaxed);
+            cs.refused = lock(&f.refused).clone();
         }
         let peers = self
             .client
@@ -369,6 +375,7 @@ impl Node {
             reputation,
             client,
             keep: cfg.keep.max(1),
+            max_store_bytes: cfg.limits.max_store_bytes,
             bytes_up,
             followers: Mutex::new(HashMap::new()),
             haves: admission::HaveFilter::new(cfg.limits.have_notes_per_sec),
@@ -382,6 +389,11 @@ impl Node {
         })));
         tasks.push(inner.spawn(handle_events(inner.clone(), events, rx.clone())));
         tasks.push(inner.spawn(latest::poll(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(redial::run(
+            inner.clone(),
+            cfg.net.bootstrap.clone(),
+            rx.clone(),
+        )));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {

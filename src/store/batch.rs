@@ -26,6 +26,8 @@ impl Batch<'_> {
         if self.pending.contains_key(id) || self.store.has_chunk(id)? {
             return Ok(false);
         }
+        self.store
+            .check_room(data.len() as u64 + super::segments::RECORD_HEADER)?;
         let loc = self
             .store
             .segs

@@ -21,6 +21,7 @@ mod export;
 mod gc;
 mod lease;
 mod segments;
+mod space;
 mod verify;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +45,8 @@ pub use gc::GcReport;
 pub use lease::ReadLease;
 pub use segments::Loc;
 use segments::Segments;
+pub(crate) use space::mib;
+pub use space::{Fit, DISK_RESERVE};
 pub use verify::{Problem, VerifyReport};
 
 /// What went wrong in the store, grouped by what the caller can do about it.
@@ -101,6 +105,20 @@ pub enum StoreError {
         version: u64,
         /// How many chunks are missing.
         missing: usize,
+    },
+    /// A chunk write refused because it would leave less than
+    /// [`DISK_RESERVE`] free (the index needs room to commit).
+    #[error(
+        "disk full: {} needed (with {} kept free for the index), {} available",
+        space::mib(*.needed),
+        space::mib(DISK_RESERVE),
+        space::mib(*.available)
+    )]
+    DiskFull {
+        /// Bytes needed, the reserve included.
+        needed: u64,
+        /// Bytes free.
+        available: u64,
     },
     /// An export destination that would be overwritten without being asked to.
     #[error("{0} exists and is not empty (pass --replace to swap it atomically)")]
@@ -198,6 +216,8 @@ pub struct Store {
     /// Serialises read-modify-write of collection records (announcements
     /// arrive from gossip and from several peers at once).
     records: std::sync::Mutex<()>,
+    /// Free space chunk writes leave for the index (see [`space`]).
+    disk_reserve: AtomicU64,
     _lock: File,
 }
 
@@ -231,6 +251,7 @@ impl Store {
             db,
             gate: RwLock::new(()),
             records: std::sync::Mutex::new(()),
+            disk_reserve: AtomicU64::new(DISK_RESERVE),
             _lock: lock,
         })
     }

@@ -1,5 +1,6 @@
-//! `verify`: re-hash every stored chunk and check that every version held
-//! has its manifest and all its chunks.
+//! `verify`: re-hash every stored chunk and check that every complete
+//! version held (the current one and older) has its manifest and all its
+//! chunks; a newer version may still be being fetched.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -70,15 +71,20 @@ pub struct VerifyReport {
 }
 
 impl Store {
-    /// Re-hashes every chunk and checks every version. With `repair`, corrupt
+    /// Re-hashes every chunk and checks every complete version. With `repair`, corrupt
     /// chunks are dropped from the index so that they are fetched or
     /// published again instead of being served.
     pub fn verify(&self, repair: bool) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let mut used_by: HashMap<Hash, String> = HashMap::new();
         let mut manifest_chunks: Vec<(Hash, String)> = Vec::new();
+        // Chunks that must be present: those of complete versions. A version
+        // newer than the current one may still be being fetched.
+        let mut required: HashMap<Hash, String> = HashMap::new();
         for info in self.collections()? {
+            let current = info.current.as_ref().map(|a| a.body.version);
             for v in &info.versions {
+                let complete = current.is_some_and(|c| *v <= c);
                 let label = format!("{} v{v}", info.name);
                 report.versions_checked += 1;
                 let a = match self.version(&info.id, *v) {
@@ -108,9 +114,11 @@ impl Store {
                     Ok(m) => {
                         for (path, _, _, chunks) in m.files() {
                             for c in chunks {
-                                used_by
-                                    .entry(c.id)
-                                    .or_insert_with(|| format!("{label}: {path}"));
+                                let by = || format!("{label}: {path}");
+                                used_by.entry(c.id).or_insert_with(by);
+                                if complete {
+                                    required.entry(c.id).or_insert_with(by);
+                                }
                             }
                         }
                     }
@@ -122,7 +130,8 @@ impl Store {
             }
         }
         for (id, label) in manifest_chunks {
-            used_by.entry(id).or_insert(label);
+            used_by.entry(id).or_insert_with(|| label.clone());
+            required.entry(id).or_insert(label);
         }
 
         let mut corrupt = Vec::new();
@@ -150,7 +159,7 @@ impl Store {
                 corrupt.push(id);
             }
         }
-        for (id, label) in &used_by {
+        for (id, label) in &required {
             if !self.has_chunk(id)? {
                 report.problems.push(Problem::MissingChunk {
                     id: *id,

@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod crash;
 mod daemon;
+mod faults;
 mod harness_selftest;
 mod hostile;
 mod http;

@@ -9,6 +9,8 @@
 mod fixtures;
 mod logs;
 mod node;
+mod source;
+mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,6 +23,8 @@ use peermirror::node::{Node, NodeConfig};
 pub use fixtures::*;
 pub use logs::{outside_log, LOG_FILE};
 pub use node::TestNode;
+pub use source::SlowSource;
+pub use tmpfs::Tmpfs;
 
 /// The built binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_peermirror");
@@ -121,13 +125,24 @@ impl Harness {
         peers: Vec<Multiaddr>,
         follow: Vec<CollectionId>,
     ) -> TestNode {
+        self.start_with(name, peers, follow, |_| {}).await
+    }
+
+    /// [`Harness::start`] with the node's configuration changed by `edit`
+    /// first (limits, listen addresses, ...).
+    pub async fn start_with(
+        &self,
+        name: &str,
+        peers: Vec<Multiaddr>,
+        follow: Vec<CollectionId>,
+        edit: impl FnOnce(&mut NodeConfig),
+    ) -> TestNode {
         let dir = self.node_dir(name);
-        let node = Node::start(
-            NodeConfig::loopback(dir.clone(), peers, follow),
-            std::future::pending(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("node {name} did not start: {e}"));
+        let mut cfg = NodeConfig::loopback(dir.clone(), peers, follow);
+        edit(&mut cfg);
+        let node = Node::start(cfg, std::future::pending())
+            .await
+            .unwrap_or_else(|e| panic!("node {name} did not start: {e}"));
         TestNode::in_process(name, dir, node).await
     }
 
@@ -147,6 +162,14 @@ impl Harness {
         let dir = self.node_dir(name);
         let span = node::span_for(&dir);
         (dir, span)
+    }
+
+    /// Prints `path` among the logs when the test fails.
+    pub fn keep_log(&self, name: &str, path: PathBuf) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_string(), path));
     }
 
     /// Creates `<test dir>/<name>` and remembers its log for failure reports.
