@@ -229,7 +229,9 @@ mod tests {
         k.save_new(&path).unwrap();
         for mode in [0o640, 0o604, 0o620, 0o644] {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-            let e = MasterKey::load(&path).err().expect("an exposed key must be refused");
+            let e = MasterKey::load(&path)
+                .err()
+                .expect("an exposed key must be refused");
             assert!(matches!(e, KeyError::Exposed { .. }), "{e}");
             assert!(e.to_string().contains("chmod 600"), "{e}");
         }

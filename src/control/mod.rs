@@ -133,13 +133,15 @@ impl ErrorKind {
             return match s {
                 S::Locked(_) => Some(ErrorKind::Busy),
                 S::UnknownCollection(_) | S::UnknownVersion(..) => Some(ErrorKind::NotFound),
-                S::DestinationNotEmpty(_) => Some(ErrorKind::Usage),
+                S::DestinationNotEmpty(_) | S::AmbiguousName { .. } => Some(ErrorKind::Usage),
                 _ => None,
             };
         }
         if let Some(p) = e.downcast_ref::<P>() {
             return match p {
-                P::BadName(_) | P::NotADirectory(_) => Some(ErrorKind::Usage),
+                P::BadName(_) | P::BadVersion(_) | P::ContainsKey(_) | P::NotADirectory(_) => {
+                    Some(ErrorKind::Usage)
+                }
                 P::Store(s) => Some(Self::of(s)),
                 _ => None,
             };

@@ -97,6 +97,18 @@ pub enum StoreError {
         /// How many chunks are missing.
         missing: usize,
     },
+    /// A name that more than one collection answers to (the same name, or
+    /// names that look alike): only the id can say which is meant.
+    #[error(
+        "the name {name:?} is ambiguous: it matches collections {}; use the id",
+        ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousName {
+        /// The name asked for.
+        name: String,
+        /// Every collection it could mean.
+        ids: Vec<CollectionId>,
+    },
     /// An export destination that would be overwritten without being asked to.
     #[error("{0} exists and is not empty (pass --replace to swap it atomically)")]
     DestinationNotEmpty(PathBuf),
@@ -468,16 +480,32 @@ impl Store {
         Ok(out)
     }
 
-    /// Finds a collection by id or by name.
+    /// Finds a collection by id or by name. A name is anyone's to claim, so
+    /// one that several collections answer to (the same name, or one that
+    /// looks alike, see [`crate::announce::name_skeleton`]) is refused
+    /// with [`StoreError::AmbiguousName`] rather than resolved to whichever
+    /// comes first.
     pub fn find_collection(&self, what: &str) -> Result<Option<CollectionId>> {
         if let Ok(id) = what.parse::<CollectionId>() {
             return Ok(Some(id));
         }
-        Ok(self
-            .collections()?
-            .into_iter()
-            .find(|c| c.name == what)
-            .map(|c| c.id))
+        let all = self.collections()?;
+        if !all.iter().any(|c| c.name == what) {
+            return Ok(None);
+        }
+        let skeleton = crate::announce::name_skeleton(what);
+        let ids: Vec<CollectionId> = all
+            .iter()
+            .filter(|c| crate::announce::name_skeleton(&c.name) == skeleton)
+            .map(|c| c.id)
+            .collect();
+        match ids.as_slice() {
+            [one] => Ok(Some(*one)),
+            _ => Err(StoreError::AmbiguousName {
+                name: what.to_string(),
+                ids,
+            }),
+        }
     }
 
     /// Chunk and disk totals.

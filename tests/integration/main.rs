@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod harness_selftest;
+mod local_safety;
 mod network;
 mod settings;
 mod store_model;

@@ -1,0 +1,232 @@
+//! Local safety: what a user on the same machine, a file swapped under a
+//! publish, a crafted version or name, or a killed command could do to a
+//! store, and the defences (docs/security/local.md).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use peermirror::announce::MAX_VERSION;
+use peermirror::control::{Commands, ErrorKind, Request};
+use peermirror::keys::MasterKey;
+use peermirror::node::LocalStore;
+use peermirror::publish::{publish, PublishError, PublishOptions};
+use peermirror::store::{Store, StoreError};
+
+use crate::harness::*;
+
+fn opts(name: &str) -> PublishOptions {
+    PublishOptions {
+        name: Some(name.into()),
+        ..PublishOptions::default()
+    }
+}
+
+fn saved_key(dir: &Path) -> (std::path::PathBuf, MasterKey) {
+    let path = dir.join("master.key");
+    MasterKey::generate().save_new(&path).unwrap();
+    let key = MasterKey::load(&path).unwrap();
+    (path, key)
+}
+
+#[test]
+fn a_tree_holding_the_master_key_is_not_published() {
+    let h = Harness::new();
+    let src = h.path("src");
+    fs::create_dir_all(src.join("keys")).unwrap();
+    fs::write(src.join("readme"), b"hello").unwrap();
+    let (_, key) = saved_key(&src.join("keys"));
+    let store = Store::open(&h.path("data")).unwrap();
+    let e = publish(&store, &key, &src, &opts("c"), &mut |_, _| {}).unwrap_err();
+    assert!(matches!(e, PublishError::ContainsKey(_)), "{e}");
+    assert!(store.latest(&key.collection()).unwrap().is_none());
+    // A hard link to the key is the same file.
+    let (key_path, key) = saved_key(h.dir());
+    fs::remove_dir_all(src.join("keys")).unwrap();
+    fs::hard_link(&key_path, src.join("innocent.txt")).unwrap();
+    let e = publish(&store, &key, &src, &opts("c"), &mut |_, _| {}).unwrap_err();
+    assert!(matches!(e, PublishError::ContainsKey(_)), "{e}");
+    fs::remove_file(src.join("innocent.txt")).unwrap();
+    publish(&store, &key, &src, &opts("c"), &mut |_, _| {}).unwrap();
+}
+
+/// Publishes a tree of small files `a` and `b`, running `swap` on `b` once
+/// `a` has been read (after the scan, before `b` is opened).
+fn publish_with_swap(
+    h: &Harness,
+    swap: impl Fn(&Path),
+) -> Result<peermirror::publish::PublishReport, PublishError> {
+    let src = h.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"first file").unwrap();
+    fs::write(src.join("b"), b"second file").unwrap();
+    let (_, key) = saved_key(h.dir());
+    let store = Store::open(&h.path("data")).unwrap();
+    let mut swapped = false;
+    let b = src.join("b");
+    let r = publish(&store, &key, &src, &opts("c"), &mut |_, _| {
+        if !swapped {
+            swapped = true;
+            swap(&b);
+        }
+    });
+    assert!(swapped, "the swap never ran");
+    r
+}
+
+#[test]
+fn a_file_swapped_for_a_link_after_the_scan_is_not_read() {
+    let h = Harness::new();
+    let secret = h.path("secret");
+    fs::write(&secret, b"outside the tree").unwrap();
+    let e = publish_with_swap(&h, |b| {
+        fs::remove_file(b).unwrap();
+        std::os::unix::fs::symlink(&secret, b).unwrap();
+    })
+    .unwrap_err();
+    assert!(matches!(e, PublishError::Changed(_)), "{e}");
+}
+
+#[test]
+fn a_file_swapped_for_a_fifo_after_the_scan_does_not_hang_publish() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    // On its own thread: without the defence, opening the FIFO blocks.
+    std::thread::spawn(move || {
+        let h = Harness::new();
+        let r = publish_with_swap(&h, |b| {
+            fs::remove_file(b).unwrap();
+            let c = std::ffi::CString::new(b.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        });
+        let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("publish hung on a FIFO swapped into the tree");
+    let e = r.unwrap_err();
+    assert!(e.contains("changed while it was being published"), "{e}");
+}
+
+#[test]
+fn a_file_replaced_by_another_after_the_scan_is_refused() {
+    let h = Harness::new();
+    let other = h.path("other");
+    fs::write(&other, b"not what was scanned").unwrap();
+    let e = publish_with_swap(&h, |b| fs::rename(&other, b).unwrap()).unwrap_err();
+    assert!(matches!(e, PublishError::Changed(_)), "{e}");
+}
+
+#[test]
+fn versions_stay_below_the_maximum_and_never_overflow() {
+    let h = Harness::new();
+    let src = h.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let (_, key) = saved_key(h.dir());
+    let store = Store::open(&h.path("data")).unwrap();
+    for v in [0, MAX_VERSION + 1, u64::MAX] {
+        let o = PublishOptions {
+            version: Some(v),
+            ..opts("c")
+        };
+        let e = publish(&store, &key, &src, &o, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(e, PublishError::BadVersion(x) if x == v), "{e}");
+    }
+    assert!(store.latest(&key.collection()).unwrap().is_none());
+    let o = PublishOptions {
+        version: Some(MAX_VERSION),
+        ..opts("c")
+    };
+    publish(&store, &key, &src, &o, &mut |_, _| {}).unwrap();
+    // The next default version would pass the maximum: refused, not wrapped.
+    let e = publish(&store, &key, &src, &opts("c"), &mut |_, _| {}).unwrap_err();
+    assert!(matches!(e, PublishError::BadVersion(_)), "{e}");
+}
+
+#[test]
+fn names_are_ascii_and_a_shared_or_look_alike_name_is_ambiguous() {
+    let h = Harness::new();
+    let src = h.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let data = h.path("data");
+    let real = MasterKey::generate();
+    let fake = MasterKey::generate();
+    {
+        let store = Store::open(&data).unwrap();
+        // A Cyrillic "а" posing as a Latin one.
+        let e = publish(&store, &fake, &src, &opts("im\u{0430}ges"), &mut |_, _| {}).unwrap_err();
+        assert!(matches!(e, PublishError::BadName(_)), "{e}");
+        publish(&store, &real, &src, &opts("images"), &mut |_, _| {}).unwrap();
+        assert_eq!(
+            store.find_collection("images").unwrap(),
+            Some(real.collection())
+        );
+        publish(&store, &fake, &src, &opts("1mages"), &mut |_, _| {}).unwrap();
+        for name in ["images", "1mages"] {
+            match store.find_collection(name) {
+                Err(StoreError::AmbiguousName { ids, .. }) => {
+                    assert_eq!(ids.len(), 2);
+                    assert!(ids.contains(&real.collection()));
+                    assert!(ids.contains(&fake.collection()));
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // The id always works.
+        assert_eq!(
+            store
+                .find_collection(&real.collection().to_string())
+                .unwrap(),
+            Some(real.collection())
+        );
+    }
+    let local = LocalStore::open(&data).unwrap();
+    let e = local
+        .call(
+            Request::Export {
+                collection: "images".into(),
+                dest: h.path("out"),
+                version: None,
+                replace: false,
+            },
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Usage, "{e}");
+    assert!(e.message.contains(&real.collection().to_string()), "{e}");
+    assert!(e.message.contains(&fake.collection().to_string()), "{e}");
+    assert!(!h.path("out").exists());
+}
+
+#[test]
+fn a_killed_export_leaves_no_temporary_tree_behind_the_next_one() {
+    let h = Harness::new();
+    let src = h.path("src");
+    sample_tree(&src, 1);
+    let key = MasterKey::generate();
+    let store = Store::open(&h.path("data")).unwrap();
+    publish(&store, &key, &src, &opts("c"), &mut |_, _| {}).unwrap();
+    // What an export killed mid-way leaves: its temporary tree, named after
+    // a process that is gone.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = h.path(&format!(".out.peermirror-tmp-{dead}"));
+    fs::create_dir_all(stale.join("half/written")).unwrap();
+    fs::write(stale.join("half/written/file"), b"partial").unwrap();
+    fs::set_permissions(stale.join("half"), fs::Permissions::from_mode(0o755)).unwrap();
+    // One of a live process (this one's parent) is left alone.
+    let live = h.path(&format!(
+        ".out.peermirror-tmp-{}",
+        std::os::unix::process::parent_id()
+    ));
+    fs::create_dir_all(&live).unwrap();
+    store
+        .export(&key.collection(), None, &h.path("out"), false)
+        .unwrap();
+    assert_same_tree(&src, &h.path("out"));
+    assert!(!stale.exists(), "the stale export tree is still there");
+    assert!(live.exists(), "a live export's tree was removed");
+}
