@@ -206,7 +206,7 @@ impl Node {
         // one process (demo, tests) can be told apart and their logs kept apart.
         let span = tracing::info_span!("node", data = %cfg.data.display());
         let data = cfg.data.clone();
-        let store: Store = blocking("opening the store", move || Store::open(&data))
+        let store: Store = blocking("opening the store", move || open_store_waiting(&data))
             .instrument(span.clone())
             .await?;
         let store = Arc::new(store);
@@ -536,6 +536,32 @@ async fn handle_events(
                 inner.spawn(latest::ask_all(inner.clone(), peer));
             }
             Event::PeerDisconnected(_) => {}
+        }
+    }
+}
+
+/// How long a starting node waits for the store while another process (a
+/// CLI command run at the same moment) holds it.
+pub const STORE_LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// Opens the store, waiting up to [`STORE_LOCK_WAIT`] while another process
+/// holds it: a command started just before the node finishes, and the
+/// node starts, instead of exiting.
+fn open_store_waiting(data: &Path) -> Result<Store, StoreError> {
+    let start = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match Store::open(data) {
+            Err(StoreError::Locked(_)) if start.elapsed() < STORE_LOCK_WAIT => {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::warn!(
+                        data = %data.display(),
+                        "the store is in use by another process; waiting for it"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
         }
     }
 }

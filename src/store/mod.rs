@@ -199,7 +199,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store under `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        fs::create_dir_all(root).map_err(io_ctx(format!("creating {}", root.display())))?;
+        crate::control::create_private_dir(root)
+            .map_err(io_ctx(format!("creating {}", root.display())))?;
         let lock = lock_dir(root)?;
         let db = sled::Config::new()
             .path(root.join("index"))

@@ -9,7 +9,7 @@ use std::path::Path;
 use peermirror::announce::MAX_VERSION;
 use peermirror::control::{Commands, ErrorKind, Request};
 use peermirror::keys::MasterKey;
-use peermirror::node::LocalStore;
+use peermirror::node::{LocalStore, Node, NodeConfig};
 use peermirror::publish::{publish, PublishError, PublishOptions};
 use peermirror::store::{Store, StoreError};
 
@@ -229,4 +229,200 @@ fn a_killed_export_leaves_no_temporary_tree_behind_the_next_one() {
     assert_same_tree(&src, &h.path("out"));
     assert!(!stale.exists(), "the stale export tree is still there");
     assert!(live.exists(), "a live export's tree was removed");
+}
+
+/// A node on `data` serving its control socket.
+async fn node_with_socket(data: &Path) -> std::sync::Arc<Node> {
+    let mut cfg = NodeConfig::loopback(data.to_path_buf(), vec![], vec![]);
+    cfg.control = true;
+    Node::start(cfg, std::future::pending())
+        .await
+        .expect("node start")
+}
+
+/// inotify events (mask, name) on one directory.
+struct Watch(std::os::fd::OwnedFd);
+
+impl Watch {
+    fn new(dir: &Path) -> Watch {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscalls; the fd is owned from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        let mask = libc::IN_CREATE | libc::IN_ATTRIB | libc::IN_MOVED_TO;
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid fd and NUL-terminated path.
+        assert!(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } >= 0);
+        Watch(fd)
+    }
+
+    fn events(&self) -> Vec<(u32, String)> {
+        use std::os::fd::AsRawFd;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            // SAFETY: reading into a buffer of the given length.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return out;
+            }
+            let mut at = 0usize;
+            while at + 16 <= n as usize {
+                let word =
+                    |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap());
+                let (mask, len) = (word(4), word(12) as usize);
+                let name = &buf[at + 16..at + 16 + len];
+                let name = String::from_utf8_lossy(name)
+                    .trim_end_matches('\0')
+                    .to_string();
+                out.push((mask, name));
+                at += 16 + len;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_is_never_reachable_with_loose_permissions() {
+    let h = Harness::new();
+    let data = h.path("n");
+    fs::create_dir_all(&data).unwrap();
+    let watch = Watch::new(&data);
+    let node = node_with_socket(&data).await;
+    let sock = peermirror::control::socket_path(&data);
+    let md = fs::symlink_metadata(&sock).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+    let events: Vec<_> = watch
+        .events()
+        .into_iter()
+        .filter(|(_, n)| n == "control.sock")
+        .collect();
+    // The socket arrives by rename, already 0600; it is never created at
+    // its public path and changed afterwards.
+    assert!(
+        events.iter().any(|(m, _)| m & libc::IN_MOVED_TO != 0),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|(m, _)| m & (libc::IN_CREATE | libc::IN_ATTRIB) == 0),
+        "the socket was created, then its mode changed: {events:?}"
+    );
+    // And it works.
+    let c = peermirror::control::Client::connect(&data).expect("socket answers");
+    assert!(c.call(Request::Status, &mut |_, _| {}).is_ok());
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_requests_are_bounded_in_size_and_time() {
+    use std::io::{BufRead, Write};
+    let h = Harness::new();
+    let data = h.path("n");
+    let node = node_with_socket(&data).await;
+    let sock = peermirror::control::socket_path(&data);
+    let idle = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let started = std::time::Instant::now();
+    // A request line that never ends.
+    let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let block = vec![b'a'; 1 << 20];
+        for _ in 0..64 {
+            if w.write_all(&block).is_err() {
+                return;
+            }
+        }
+    });
+    let answer = tokio::task::spawn_blocking(move || {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&s)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .expect("no answer to an endless request");
+    assert!(answer.contains("longer than"), "{answer}");
+    // A client that sends nothing is answered and dropped.
+    let answer = tokio::task::spawn_blocking(move || {
+        idle.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&idle)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .expect("an idle client was never dropped");
+    assert!(answer.contains("in time"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(25));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private() {
+    let h = Harness::new();
+    let fresh = h.path("deep/fresh");
+    drop(Store::open(&fresh).unwrap());
+    assert_eq!(
+        fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // An existing open one is kept, with a warning.
+    let n = h.start("open", vec![], vec![]).await;
+    fs::set_permissions(n.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    n.shutdown().await;
+    drop(n);
+    let n = h.start("open", vec![], vec![]).await;
+    n.wait_log("accessible by group or others").await;
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starting_while_a_command_holds_the_store_waits_for_it() {
+    let h = Harness::new();
+    let held = Store::open(&h.path("n")).unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        drop(held);
+    });
+    let n = h.start("n", vec![], vec![]).await;
+    n.wait_log("in use by another process; waiting").await;
+    n.shutdown().await;
+}
+
+#[test]
+fn a_command_run_while_a_node_starts_waits_for_it() {
+    let h = Harness::new();
+    let data = h.path("b");
+    let held = Store::open(&data).unwrap();
+    let cli = h
+        .cli_at(&data)
+        .cmd()
+        .args(["status", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(held);
+    // The node starts: the command gets the store first or asks the node.
+    let mut node = h.binary("b", &[]);
+    let out = cli.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["data"].as_str().unwrap().ends_with("b"));
+    node.stop();
 }
