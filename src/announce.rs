@@ -216,6 +216,37 @@ impl SignedAnnouncement {
     }
 }
 
+/// How close an announcement is to its expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Freshness {
+    /// More than a tenth of its validity left.
+    Fresh,
+    /// A tenth of its validity or less left: the master should publish again.
+    Expiring,
+    /// Past its expiry: peers no longer act on it.
+    Expired,
+}
+
+impl Announcement {
+    /// Its freshness at `now` (epoch seconds): expiring once at most
+    /// [`EXPIRING_FRACTION`] of its validity is left.
+    pub fn freshness(&self, now: u64) -> Freshness {
+        let validity = self.expires_at.saturating_sub(self.published_at);
+        let left = self.expires_at.saturating_sub(now);
+        if left == 0 {
+            Freshness::Expired
+        } else if left <= (validity / EXPIRING_FRACTION).max(1) {
+            Freshness::Expiring
+        } else {
+            Freshness::Fresh
+        }
+    }
+}
+
+/// An announcement is expiring (warned about) once 1/`EXPIRING_FRACTION`
+/// of its validity or less is left: 10%.
+pub const EXPIRING_FRACTION: u64 = 10;
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
@@ -303,6 +334,18 @@ mod tests {
             })
         );
         assert!(s.check_newer(Some(7)).is_err());
+    }
+
+    #[test]
+    fn freshness_warns_at_a_tenth_of_validity_left() {
+        let k = MasterKey::generate();
+        let a = sample(&k, 1); // published 1_000, expires 2_000
+        assert_eq!(a.freshness(1_000), Freshness::Fresh);
+        assert_eq!(a.freshness(1_899), Freshness::Fresh);
+        assert_eq!(a.freshness(1_900), Freshness::Expiring);
+        assert_eq!(a.freshness(1_999), Freshness::Expiring);
+        assert_eq!(a.freshness(2_000), Freshness::Expired);
+        assert_eq!(a.freshness(u64::MAX), Freshness::Expired);
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub(crate) struct Inner {
     pub(crate) bytes_up: Arc<AtomicU64>,
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) stopping: AtomicBool,
+    /// Collections published through this node: it re-announces them.
+    pub(crate) published: Mutex<std::collections::HashSet<CollectionId>>,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
 }
@@ -229,6 +231,7 @@ impl Node {
             bytes_up,
             followers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            published: Mutex::new(Default::default()),
             span,
         });
         let mut tasks = Vec::new();
@@ -238,6 +241,7 @@ impl Node {
         })));
         tasks.push(inner.spawn(handle_events(inner.clone(), events, rx.clone())));
         tasks.push(inner.spawn(latest::poll(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {
@@ -360,6 +364,7 @@ impl Node {
     /// Follows a version's collection and announces the version.
     async fn announce(&self, a: &SignedAnnouncement) -> Result<(), NodeError> {
         let c = a.body.collection;
+        lock(&self.inner.published).insert(c);
         self.follow(c).await?;
         let msg = GossipMessage::announce(a).encode();
         self.inner.client.publish(c, msg).await?;

@@ -426,3 +426,46 @@ fn a_command_run_while_a_node_starts_waits_for_it() {
     assert!(json["data"].as_str().unwrap().ends_with("b"));
     node.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_then_expired_announcement_is_warned_about_and_shown() {
+    let h = Harness::new();
+    let src = h.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"short-lived").unwrap();
+    let key = MasterKey::generate();
+    let c = key.collection();
+    let master = h.start("master", vec![], vec![]).await;
+    let o = PublishOptions {
+        valid_for: 20,
+        ..PublishOptions::default()
+    };
+    master
+        .node()
+        .publish(key.clone(), src.clone(), o)
+        .await
+        .unwrap();
+    let mirror = h.start("mirror", master.addrs().to_vec(), vec![c]).await;
+    mirror.wait_version(c, 1).await;
+    let fresh = mirror.status().await;
+    let cs = &fresh.collections[0];
+    assert_eq!(cs.freshness, Some(peermirror::announce::Freshness::Fresh));
+    // A tenth of the validity left: the master is told to publish again.
+    master
+        .wait_log("expires soon; the master must publish again")
+        .await;
+    for n in [&master, &mirror] {
+        n.wait_log("the newest announcement has expired").await;
+    }
+    let st = mirror.status().await;
+    let cs = &st.collections[0];
+    assert_eq!(cs.freshness, Some(peermirror::announce::Freshness::Expired));
+    assert!(cs.expires_at.unwrap() <= peermirror::announce::now());
+    // The same from the store opened directly, as the CLI shows it.
+    master.shutdown().await;
+    mirror.shutdown().await;
+    let dir = mirror.dir().to_path_buf();
+    drop((master, mirror));
+    let out = h.cli_at(&dir).run(&["status"]);
+    assert!(out.contains("EXPIRED"), "{out}");
+}
