@@ -10,6 +10,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Manifest::decode(data) {
         let _ = m.validate();
         let _ = m.files().count();
-        assert_eq!(Manifest::decode(&m.encode()).ok().map(|b| b.encode()), Some(m.encode()));
+        assert_eq!(
+            Manifest::decode(&m.encode()).ok().map(|b| b.encode()),
+            Some(m.encode())
+        );
     }
 });
