@@ -18,6 +18,10 @@ pub const DOMAIN: &[u8] = b"peermirror/announcement/v1\0";
 pub const MAX_ENCODED: usize = 4096;
 /// Longest collection name, in bytes.
 pub const MAX_NAME: usize = 128;
+/// Highest version number accepted: 2^53, far beyond any real use, and
+/// exact in a JSON number. A version of `u64::MAX` would lock a collection
+/// for good (nothing can be newer), and its successor would overflow.
+pub const MAX_VERSION: u64 = 1 << 53;
 /// Largest manifest accepted (its encoded size).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 30;
 
@@ -85,6 +89,8 @@ pub enum AnnounceError {
 }
 
 /// Whether `name` can serve as a collection name (and a directory name).
+/// ASCII only: a Cyrillic "а" must not pass for a Latin "a", so a name
+/// cannot pose as another one by its looks.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
@@ -93,7 +99,26 @@ pub fn valid_name(name: &str) -> bool {
         && !name.starts_with('.')
         && name
             .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
+}
+
+/// What a name looks like to a reader: lower case, with the ASCII
+/// look-alikes folded together ("0"/"o", "1"/"l"/"i", "rn"/"m", "vv"/"w").
+/// Two collections whose names share a skeleton cannot be told apart by
+/// name, so a lookup by name refuses to choose between them.
+pub fn name_skeleton(name: &str) -> String {
+    let lower = name
+        .to_ascii_lowercase()
+        .replace("rn", "m")
+        .replace("vv", "w");
+    lower
+        .chars()
+        .map(|c| match c {
+            '0' => 'o',
+            '1' | 'i' | '|' => 'l',
+            _ => c,
+        })
+        .collect()
 }
 
 impl Announcement {
@@ -155,7 +180,7 @@ impl SignedAnnouncement {
         if !valid_name(&b.name) {
             return Err(AnnounceError::OutOfRange("name"));
         }
-        if b.version == 0 {
+        if b.version == 0 || b.version > MAX_VERSION {
             return Err(AnnounceError::OutOfRange("version"));
         }
         if b.manifest_size == 0 || b.manifest_size > MAX_MANIFEST_SIZE {
@@ -190,6 +215,37 @@ impl SignedAnnouncement {
         }
     }
 }
+
+/// How close an announcement is to its expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Freshness {
+    /// More than a tenth of its validity left.
+    Fresh,
+    /// A tenth of its validity or less left: the master should publish again.
+    Expiring,
+    /// Past its expiry: peers no longer act on it.
+    Expired,
+}
+
+impl Announcement {
+    /// Its freshness at `now` (epoch seconds): expiring once at most
+    /// [`EXPIRING_FRACTION`] of its validity is left.
+    pub fn freshness(&self, now: u64) -> Freshness {
+        let validity = self.expires_at.saturating_sub(self.published_at);
+        let left = self.expires_at.saturating_sub(now);
+        if left == 0 {
+            Freshness::Expired
+        } else if left <= (validity / EXPIRING_FRACTION).max(1) {
+            Freshness::Expiring
+        } else {
+            Freshness::Fresh
+        }
+    }
+}
+
+/// An announcement is expiring (warned about) once 1/`EXPIRING_FRACTION`
+/// of its validity or less is left: 10%.
+pub const EXPIRING_FRACTION: u64 = 10;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
@@ -281,6 +337,18 @@ mod tests {
     }
 
     #[test]
+    fn freshness_warns_at_a_tenth_of_validity_left() {
+        let k = MasterKey::generate();
+        let a = sample(&k, 1); // published 1_000, expires 2_000
+        assert_eq!(a.freshness(1_000), Freshness::Fresh);
+        assert_eq!(a.freshness(1_899), Freshness::Fresh);
+        assert_eq!(a.freshness(1_900), Freshness::Expiring);
+        assert_eq!(a.freshness(1_999), Freshness::Expiring);
+        assert_eq!(a.freshness(2_000), Freshness::Expired);
+        assert_eq!(a.freshness(u64::MAX), Freshness::Expired);
+    }
+
+    #[test]
     fn expired_is_refused() {
         let k = MasterKey::generate();
         let s = sample(&k, 1).sign(&k);
@@ -305,6 +373,17 @@ mod tests {
             a.sign(&k).verify(1_500),
             Err(AnnounceError::OutOfRange("name"))
         );
+        for v in [0, MAX_VERSION + 1, u64::MAX] {
+            let mut a = sample(&k, 1);
+            a.version = v;
+            assert_eq!(
+                a.sign(&k).verify(1_500),
+                Err(AnnounceError::OutOfRange("version"))
+            );
+        }
+        let mut a = sample(&k, 1);
+        a.version = MAX_VERSION;
+        assert!(a.sign(&k).verify(1_500).is_ok());
         let mut a = sample(&k, 1);
         a.expires_at = a.published_at;
         assert!(a.sign(&k).verify(0).is_err());
@@ -319,5 +398,33 @@ mod tests {
             SignedAnnouncement::decode(&trailing, 1_500),
             Err(AnnounceError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn names_are_ascii_and_look_alikes_share_a_skeleton() {
+        assert!(valid_name("images-2024_v1.0+x"));
+        // Cyrillic "а" (U+0430) and "і" (U+0456), full-width "Ｉ".
+        for n in [
+            "im\u{0430}ges",
+            "\u{0456}mages",
+            "\u{FF29}mages",
+            "caf\u{e9}",
+        ] {
+            assert!(!valid_name(n), "{n}");
+        }
+        let k = MasterKey::generate();
+        let mut a = sample(&k, 1);
+        a.name = "im\u{0430}ges".into();
+        assert_eq!(
+            a.sign(&k).verify(1_500),
+            Err(AnnounceError::OutOfRange("name"))
+        );
+        let s = name_skeleton("images");
+        for n in ["Images", "1mages", "lmages", "IMAGES"] {
+            assert_eq!(name_skeleton(n), s, "{n}");
+        }
+        assert_eq!(name_skeleton("modern"), name_skeleton("rnodern"));
+        assert_eq!(name_skeleton("www"), name_skeleton("vvww"));
+        assert_ne!(name_skeleton("images"), name_skeleton("imagess"));
     }
 }

@@ -7,8 +7,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -55,6 +55,18 @@ pub enum KeyError {
     /// The key file is not in the expected format.
     #[error("{0} is not a peermirror master key file")]
     BadKeyFile(PathBuf),
+    /// A master key file that others than its owner can read or change:
+    /// the key may already have leaked, so it is not used until fixed.
+    #[error(
+        "{path} is accessible by group or others (mode {mode:o}); \
+         a master key must be private: run `chmod 600 {path}`"
+    )]
+    Exposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Reading or writing the key file failed.
     #[error("{path}: {source}")]
     Io {
@@ -79,9 +91,10 @@ impl FromStr for CollectionId {
     }
 }
 
-/// A master signing key.
+/// A master signing key, and the file it was loaded from (device, inode),
+/// so that publish can refuse a tree that contains the key itself.
 #[derive(Clone)]
-pub struct MasterKey(SigningKey);
+pub struct MasterKey(SigningKey, Option<(u64, u64)>);
 
 const HEADER: &str = "# peermirror master key (ed25519 seed, hex). Keep it secret.";
 
@@ -89,7 +102,7 @@ impl MasterKey {
     /// A fresh random key.
     pub fn generate() -> Self {
         let mut os = rand::rand_core::UnwrapErr(rand::rngs::SysRng);
-        MasterKey(SigningKey::generate(&mut os))
+        MasterKey(SigningKey::generate(&mut os), None)
     }
 
     /// The collection this key publishes.
@@ -100,6 +113,11 @@ impl MasterKey {
     /// The signing key.
     pub fn signing_key(&self) -> &SigningKey {
         &self.0
+    }
+
+    /// The (device, inode) of the file the key was loaded from, if any.
+    pub fn file_id(&self) -> Option<(u64, u64)> {
+        self.1
     }
 
     /// Writes the key to a new file with mode 0600; never overwrites.
@@ -129,12 +147,25 @@ impl MasterKey {
         f.sync_all().map_err(io)
     }
 
-    /// Reads a key file written by [`MasterKey::save_new`].
+    /// Reads a key file written by [`MasterKey::save_new`]. A file that
+    /// group or others can read or write is refused ([`KeyError::Exposed`]).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
+        let io = |source| KeyError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut f = fs::File::open(path).map_err(io)?;
+        // Checked on the opened file, so the file read is the file checked.
+        let md = f.metadata().map_err(io)?;
+        let mode = md.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Exposed {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let mut text = String::new();
+        f.read_to_string(&mut text).map_err(io)?;
         let line = text
             .lines()
             .map(str::trim)
@@ -143,7 +174,10 @@ impl MasterKey {
         let mut seed = [0u8; 32];
         hex::decode_to_slice(line, &mut seed)
             .map_err(|_| KeyError::BadKeyFile(path.to_path_buf()))?;
-        Ok(MasterKey(SigningKey::from_bytes(&seed)))
+        Ok(MasterKey(
+            SigningKey::from_bytes(&seed),
+            Some((md.dev(), md.ino())),
+        ))
     }
 }
 
@@ -180,9 +214,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
         fs::write(&path, "hello\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
             MasterKey::load(&path),
             Err(KeyError::BadKeyFile(_))
         ));
+    }
+
+    #[test]
+    fn exposed_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let k = MasterKey::generate();
+        k.save_new(&path).unwrap();
+        for mode in [0o640, 0o604, 0o620, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let e = MasterKey::load(&path)
+                .err()
+                .expect("an exposed key must be refused");
+            assert!(matches!(e, KeyError::Exposed { .. }), "{e}");
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        let loaded = MasterKey::load(&path).unwrap();
+        assert_eq!(loaded.collection(), k.collection());
+        let md = fs::metadata(&path).unwrap();
+        assert_eq!(loaded.file_id(), Some((md.dev(), md.ino())));
     }
 }

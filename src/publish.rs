@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -77,6 +77,14 @@ pub enum PublishError {
     /// A device, socket or FIFO in the tree.
     #[error("{0} is not a regular file, directory or symlink")]
     SpecialFile(PathBuf),
+    /// A file that was replaced (by a link, a FIFO, another file) between
+    /// the scan and the read: what was checked is not what would be read.
+    #[error("{0} changed while it was being published (replaced by another file, link or FIFO); publish again")]
+    Changed(PathBuf),
+    /// The tree holds the master key that signs it: publishing it would
+    /// hand the key to every mirror.
+    #[error("{0} is the master key file: refusing to publish the key (move it out of the tree)")]
+    ContainsKey(PathBuf),
     /// A name that is not UTF-8.
     #[error("{0} is not valid UTF-8")]
     NonUtf8(PathBuf),
@@ -85,6 +93,10 @@ pub enum PublishError {
         "invalid collection name {0:?} (use letters, digits, '-', '_', '.', '+'; pass --name)"
     )]
     BadName(String),
+    /// A version number out of range: above [`announce::MAX_VERSION`], or
+    /// no version left after the newest accepted one.
+    #[error("version {0} is out of range (at most {max})", max = announce::MAX_VERSION)]
+    BadVersion(u64),
     /// The tree breaks a manifest rule (escaping symlink, ...).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -118,8 +130,20 @@ pub fn publish(
     if !valid_name(&name) {
         return Err(PublishError::BadName(name));
     }
+    // Refused before any data is read (checked again once the default is known).
+    if let Some(v) = opts
+        .version
+        .filter(|&v| v == 0 || v > announce::MAX_VERSION)
+    {
+        return Err(PublishError::BadVersion(v));
+    }
     let params = ChunkerParams::default();
-    let mut entries = scan(src)?;
+    let (mut entries, ids) = scan_with_ids(src)?;
+    if let Some(key_id) = key.file_id() {
+        if let Some(i) = ids.iter().position(|f| f.is_some_and(|f| f.same(key_id))) {
+            return Err(PublishError::ContainsKey(src.join(&entries[i].path)));
+        }
+    }
     // Check paths and links before reading any data (sizes are checked at the end).
     let skeleton = entries.iter().map(|e| Entry {
         path: e.path.clone(),
@@ -144,7 +168,8 @@ pub fn publish(
         })
         .sum();
 
-    let (files, bytes, new_bytes) = ingest(store, src, &mut entries, &params, total, progress)?;
+    let (files, bytes, new_bytes) =
+        ingest(store, src, &mut entries, &ids, &params, total, progress)?;
 
     let manifest = Manifest::new(entries, params);
     manifest.validate()?;
@@ -153,8 +178,18 @@ pub fn publish(
     let collection = key.collection();
     let version = match opts.version {
         Some(v) => v,
-        None => store.latest(&collection)?.map_or(1, |a| a.body.version + 1),
+        None => match store.latest(&collection)? {
+            None => 1,
+            Some(a) => a
+                .body
+                .version
+                .checked_add(1)
+                .ok_or(PublishError::BadVersion(a.body.version))?,
+        },
     };
+    if version == 0 || version > announce::MAX_VERSION {
+        return Err(PublishError::BadVersion(version));
+    }
     let published_at = announce::now();
     let announcement = Announcement {
         collection,
@@ -205,6 +240,7 @@ fn ingest(
     store: &Store,
     src: &Path,
     entries: &mut [Entry],
+    ids: &[Option<FileId>],
     params: &ChunkerParams,
     total: u64,
     progress: Progress<'_>,
@@ -256,7 +292,7 @@ fn ingest(
             batch.commit()?;
             Ok((batch.new_bytes(), ids, sums))
         });
-        let read = read_files(src, entries, params, total, progress, &tx);
+        let read = read_files(src, entries, ids, params, total, progress, &tx);
         drop(tx);
         let written = writer
             .join()
@@ -315,6 +351,7 @@ const SMALL_BLOCK: usize = 4 << 20;
 fn read_files(
     src: &Path,
     entries: &mut [Entry],
+    ids: &[Option<FileId>],
     params: &ChunkerParams,
     total: u64,
     progress: Progress<'_>,
@@ -358,7 +395,7 @@ fn read_files(
             path: path.clone(),
             source,
         };
-        let mut f = File::open(&path).map_err(read_err)?;
+        let mut f = open_scanned(&path, ids[i])?;
         let mut actual = 0u64;
         if size <= params.min as u64 {
             let start = small.0.len();
@@ -432,9 +469,64 @@ fn placeholder(len: usize) -> ChunkRef {
     }
 }
 
+/// Which file a scanned entry was: its device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(md: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+        }
+    }
+
+    fn same(self, (dev, ino): (u64, u64)) -> bool {
+        self.dev == dev && self.ino == ino
+    }
+}
+
+/// Opens a scanned file for reading, and makes sure it is still the file
+/// that was scanned. Without following a link (O_NOFOLLOW) and without
+/// waiting for a writer (O_NONBLOCK: a FIFO swapped in would block the
+/// publish for good), then checked on the open descriptor (fstat): a
+/// regular file with the scanned device and inode. The size may differ: the
+/// bytes read are what is hashed and recorded.
+fn open_scanned(path: &Path, scanned: Option<FileId>) -> Result<File, PublishError> {
+    let changed = || PublishError::Changed(path.to_path_buf());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENXIO) => changed(),
+            _ => PublishError::Read {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })?;
+    let md = f.metadata().map_err(|source| PublishError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !md.file_type().is_file() || Some(FileId::of(&md)) != scanned {
+        return Err(changed());
+    }
+    Ok(f)
+}
+
 /// Lists a tree as manifest entries (files with their scanned size and
 /// modification time, no chunks and no SHA-256 yet), sorted.
 pub fn scan(src: &Path) -> Result<Vec<Entry>, PublishError> {
+    Ok(scan_with_ids(src)?.0)
+}
+
+/// [`scan`], with the identity of each regular file (`None` for the others),
+/// in the same order.
+fn scan_with_ids(src: &Path) -> Result<(Vec<Entry>, Vec<Option<FileId>>), PublishError> {
     let mut out = Vec::new();
     for item in walkdir::WalkDir::new(src).follow_links(false).min_depth(1) {
         let item = item.map_err(|e| PublishError::Read {
@@ -455,6 +547,7 @@ pub fn scan(src: &Path) -> Result<Vec<Entry>, PublishError> {
             source,
         };
         let ft = item.file_type();
+        let mut id = None;
         let kind = if ft.is_dir() {
             EntryKind::Dir
         } else if ft.is_symlink() {
@@ -467,6 +560,7 @@ pub fn scan(src: &Path) -> Result<Vec<Entry>, PublishError> {
             }
         } else if ft.is_file() {
             let md = item.metadata().map_err(|e| read_err(e.into()))?;
+            id = Some(FileId::of(&md));
             EntryKind::File {
                 size: md.len(),
                 executable: md.permissions().mode() & 0o100 != 0,
@@ -483,10 +577,10 @@ pub fn scan(src: &Path) -> Result<Vec<Entry>, PublishError> {
         } else {
             return Err(PublishError::SpecialFile(item.path().to_path_buf()));
         };
-        out.push(Entry { path: rel, kind });
+        out.push((Entry { path: rel, kind }, id));
     }
-    out.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-    Ok(out)
+    out.sort_by(|a, b| a.0.path.as_bytes().cmp(b.0.path.as_bytes()));
+    Ok(out.into_iter().unzip())
 }
 
 #[cfg(test)]

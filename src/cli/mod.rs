@@ -275,11 +275,15 @@ fn call(
 ) -> Result<Response, control::CommandError> {
     let target: Box<dyn Commands> = match control::Client::connect(data) {
         Some(node) => Box::new(node),
-        None => Box::new(LocalStore::open(data).map_err(|e| {
-            let mut c = control::CommandError::from_error(&e);
-            c.message = format!("opening the store at {}: {}", data.display(), c.message);
-            c
-        })?),
+        None => match control::wait_for_store(data, || LocalStore::open(data)) {
+            Ok(Ok(node)) => Box::new(node),
+            Ok(Err(store)) => Box::new(store),
+            Err(e) => {
+                let mut c = control::CommandError::from_error(&e);
+                c.message = format!("opening the store at {}: {}", data.display(), c.message);
+                return Err(c);
+            }
+        },
     };
     target.call(req, progress)
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use peermirror::announce::Freshness;
 use peermirror::config::Settings;
 use peermirror::control::Status;
 use peermirror::publish::PublishReport;
@@ -113,6 +114,16 @@ pub fn status(s: &Status) {
                 v.published_at
             ),
             None => println!("  current: none"),
+        }
+        match (c.freshness, c.expires_at) {
+            (Some(Freshness::Expired), Some(t)) => println!(
+                "  EXPIRED: the newest announcement expired at {t}; \
+                 peers ignore it until the master publishes again"
+            ),
+            (Some(Freshness::Expiring), Some(t)) => {
+                println!("  expiring: the newest announcement expires at {t}")
+            }
+            _ => {}
         }
         match c.in_progress {
             Some(v) => println!(

@@ -134,13 +134,15 @@ impl ErrorKind {
             return match s {
                 S::Locked(_) => Some(ErrorKind::Busy),
                 S::UnknownCollection(_) | S::UnknownVersion(..) => Some(ErrorKind::NotFound),
-                S::DestinationNotEmpty(_) => Some(ErrorKind::Usage),
+                S::DestinationNotEmpty(_) | S::AmbiguousName { .. } => Some(ErrorKind::Usage),
                 _ => None,
             };
         }
         if let Some(p) = e.downcast_ref::<P>() {
             return match p {
-                P::BadName(_) | P::NotADirectory(_) => Some(ErrorKind::Usage),
+                P::BadName(_) | P::BadVersion(_) | P::ContainsKey(_) | P::NotADirectory(_) => {
+                    Some(ErrorKind::Usage)
+                }
                 P::Store(s) => Some(Self::of(s)),
                 _ => None,
             };
@@ -222,9 +224,70 @@ pub trait Commands {
     fn call(&self, req: Request, progress: Progress<'_>) -> Result<Response, CommandError>;
 }
 
+/// Creates a data directory readable by its owner only (0700; its parents
+/// as usual), since it holds the node key, the store and the control
+/// socket. An existing one is left as it is, with a warning if group or
+/// others can get in: changing the modes of a directory the user made is
+/// theirs to decide.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(path) {
+        Ok(md) => {
+            let mode = md.permissions().mode() & 0o777;
+            if md.is_dir() && mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "the data directory is accessible by group or others; \
+                     run `chmod 700` on it"
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Where a node's control socket lives.
 pub fn socket_path(data: &Path) -> PathBuf {
     data.join("control.sock")
+}
+
+/// How long a command waits for a store that another process holds: long
+/// enough for a node that is starting to open its control socket.
+pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reaches the store at `data` for a command: `open` it directly, or, while
+/// another process holds it, wait (up to [`STORE_WAIT`]) until either the
+/// node holding it answers on its socket (`Ok(Ok(client))`) or the store
+/// is free (`Ok(Err(store))`). A node that is starting holds the store
+/// before its socket is up; without this the command would fail.
+pub fn wait_for_store<S>(
+    data: &Path,
+    open: impl Fn() -> Result<S, crate::store::StoreError>,
+) -> Result<Result<Client, S>, crate::store::StoreError> {
+    let start = std::time::Instant::now();
+    loop {
+        match open() {
+            Ok(s) => return Ok(Err(s)),
+            Err(crate::store::StoreError::Locked(_)) if start.elapsed() < STORE_WAIT => {
+                if let Some(c) = Client::connect(data) {
+                    return Ok(Ok(c));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The client end of a running node's control socket.

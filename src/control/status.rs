@@ -63,6 +63,13 @@ pub struct CollectionStatus {
     pub versions: Vec<u64>,
     /// Chunk bytes received from peers for this collection (running node only).
     pub bytes_down: u64,
+    /// How fresh the newest accepted announcement is: `Expired` means peers
+    /// no longer act on it until the master publishes again.
+    #[serde(default)]
+    pub freshness: Option<crate::announce::Freshness>,
+    /// When the newest accepted announcement expires (epoch seconds).
+    #[serde(default)]
+    pub expires_at: Option<u64>,
     /// A newer version the node does not fetch, and why (running node only).
     #[serde(default)]
     pub refused: Option<Refused>,

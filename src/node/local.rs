@@ -87,10 +87,19 @@ struct Exporting(String, #[source] StoreError);
 
 /// The store's part of `status`.
 pub(crate) fn status(store: &Store) -> Result<Status, StoreError> {
+    let now = crate::announce::now();
+    let mut latest = std::collections::HashMap::new();
+    for c in store.collections()? {
+        if let Some(a) = store.latest(&c.id)? {
+            latest.insert(c.id, a.body);
+        }
+    }
     let collections = store
         .collections()?
         .into_iter()
         .map(|c| CollectionStatus {
+            freshness: latest.get(&c.id).map(|b| b.freshness(now)),
+            expires_at: latest.get(&c.id).map(|b| b.expires_at),
             id: c.id.to_string(),
             name: c.name,
             current: c.current.map(|a| VersionInfo {

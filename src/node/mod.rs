@@ -232,6 +232,8 @@ pub(crate) struct Inner {
     pub(crate) stopping: AtomicBool,
     /// What peers did wrong, over the node's life; handed to every download.
     pub(crate) reputation: reputation::Reputation,
+    /// Collections published through this node: it re-announces them.
+    pub(crate) published: Mutex<std::collections::HashSet<CollectionId>>,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
 }
@@ -352,7 +354,7 @@ impl Node {
         // one process (demo, tests) can be told apart and their logs kept apart.
         let span = tracing::info_span!("node", data = %cfg.data.display());
         let data = cfg.data.clone();
-        let store: Store = blocking("opening the store", move || Store::open(&data))
+        let store: Store = blocking("opening the store", move || open_store_waiting(&data))
             .instrument(span.clone())
             .await?;
         let store = Arc::new(store);
@@ -380,6 +382,7 @@ impl Node {
             followers: Mutex::new(HashMap::new()),
             haves: admission::HaveFilter::new(cfg.limits.have_notes_per_sec),
             stopping: AtomicBool::new(false),
+            published: Mutex::new(Default::default()),
             span,
         });
         let mut tasks = Vec::new();
@@ -394,6 +397,7 @@ impl Node {
             cfg.net.bootstrap.clone(),
             rx.clone(),
         )));
+        tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {
@@ -556,6 +560,7 @@ impl Node {
     /// Follows a version's collection and announces the version.
     async fn announce(&self, a: &SignedAnnouncement) -> Result<(), NodeError> {
         let c = a.body.collection;
+        lock(&self.inner.published).insert(c);
         self.follow(c).await?;
         let msg = GossipMessage::announce(a).encode();
         self.inner.client.publish(c, msg).await?;
@@ -691,6 +696,32 @@ async fn handle_events(
                 inner.spawn(latest::ask_all(inner.clone(), peer));
             }
             Event::PeerDisconnected(_) => {}
+        }
+    }
+}
+
+/// How long a starting node waits for the store while another process (a
+/// CLI command run at the same moment) holds it.
+pub const STORE_LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// Opens the store, waiting up to [`STORE_LOCK_WAIT`] while another process
+/// holds it: a command started just before the node finishes, and the
+/// node starts, instead of exiting.
+fn open_store_waiting(data: &Path) -> Result<Store, StoreError> {
+    let start = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match Store::open(data) {
+            Err(StoreError::Locked(_)) if start.elapsed() < STORE_LOCK_WAIT => {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::warn!(
+                        data = %data.display(),
+                        "the store is in use by another process; waiting for it"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
         }
     }
 }

@@ -81,10 +81,8 @@ impl Store {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "export".into());
-        let tmp = parent.join(format!(".{name}.peermirror-tmp-{}", std::process::id()));
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(io_ctx(format!("removing {}", tmp.display())))?;
-        }
+        remove_stale_temps(&parent, &name)?;
+        let tmp = parent.join(format!("{}{}", temp_prefix(&name), std::process::id()));
         let result = self.write_tree(&m, &tmp).and_then(|mut r| {
             r.version = a.body.version;
             sync_fs(&tmp)?;
@@ -145,6 +143,55 @@ impl Store {
         }
         Ok(r)
     }
+}
+
+/// The start of the name of an export's temporary tree beside `dest_name`;
+/// the exporting process's id follows.
+fn temp_prefix(dest_name: &str) -> String {
+    format!(".{dest_name}.peermirror-tmp-")
+}
+
+/// Removes the temporary trees that earlier exports to the same destination
+/// left behind when they were killed: those whose process is gone (or is
+/// this one, which exports one tree at a time).
+fn remove_stale_temps(parent: &Path, dest_name: &str) -> Result<()> {
+    let prefix = temp_prefix(dest_name);
+    let entries = match fs::read_dir(parent) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_ctx(format!("reading {}", parent.display()))(e)),
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        // Only real directories: never follow a link planted under that name.
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            tracing::info!(path = %path.display(), "removing a stale export tree");
+            fs::remove_dir_all(&path)
+                .map_err(io_ctx(format!("removing stale {}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a process with this id exists.
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn mkdir(path: &Path) -> Result<()> {

@@ -120,6 +120,18 @@ pub enum StoreError {
         /// Bytes free.
         available: u64,
     },
+    /// A name that more than one collection answers to (the same name, or
+    /// names that look alike): only the id can say which is meant.
+    #[error(
+        "the name {name:?} is ambiguous: it matches collections {}; use the id",
+        ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousName {
+        /// The name asked for.
+        name: String,
+        /// Every collection it could mean.
+        ids: Vec<CollectionId>,
+    },
     /// An export destination that would be overwritten without being asked to.
     #[error("{0} exists and is not empty (pass --replace to swap it atomically)")]
     DestinationNotEmpty(PathBuf),
@@ -224,7 +236,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store under `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        fs::create_dir_all(root).map_err(io_ctx(format!("creating {}", root.display())))?;
+        crate::control::create_private_dir(root)
+            .map_err(io_ctx(format!("creating {}", root.display())))?;
         let lock = lock_dir(root)?;
         let db = sled::Config::new()
             .path(root.join("index"))
@@ -591,16 +604,32 @@ impl Store {
         Ok(out)
     }
 
-    /// Finds a collection by id or by name.
+    /// Finds a collection by id or by name. A name is anyone's to claim, so
+    /// one that several collections answer to (the same name, or one that
+    /// looks alike, see [`crate::announce::name_skeleton`]) is refused
+    /// with [`StoreError::AmbiguousName`] rather than resolved to whichever
+    /// comes first.
     pub fn find_collection(&self, what: &str) -> Result<Option<CollectionId>> {
         if let Ok(id) = what.parse::<CollectionId>() {
             return Ok(Some(id));
         }
-        Ok(self
-            .collections()?
-            .into_iter()
-            .find(|c| c.name == what)
-            .map(|c| c.id))
+        let all = self.collections()?;
+        if !all.iter().any(|c| c.name == what) {
+            return Ok(None);
+        }
+        let skeleton = crate::announce::name_skeleton(what);
+        let ids: Vec<CollectionId> = all
+            .iter()
+            .filter(|c| crate::announce::name_skeleton(&c.name) == skeleton)
+            .map(|c| c.id)
+            .collect();
+        match ids.as_slice() {
+            [one] => Ok(Some(*one)),
+            _ => Err(StoreError::AmbiguousName {
+                name: what.to_string(),
+                ids,
+            }),
+        }
     }
 
     /// Chunk and disk totals.

@@ -12,6 +12,7 @@ mod hostile;
 mod http;
 mod http_mirror;
 mod limits;
+mod local_safety;
 mod network;
 mod settings;
 mod store_model;
