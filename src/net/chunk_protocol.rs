@@ -178,8 +178,9 @@ pub(crate) async fn read_have_ids<R: AsyncRead + Unpin>(
 }
 
 /// Reads the next request; `Ok(None)` means the peer closed the stream
-/// between requests.
-#[cfg(test)]
+/// between requests. (The server reads the head and the ids separately, to
+/// bound what it holds; this whole-frame form serves tests and fuzzing.)
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) async fn read_request<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Option<Request>> {
     Ok(match read_request_head(io).await? {
         None => None,

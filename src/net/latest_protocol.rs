@@ -64,7 +64,7 @@ async fn read_bounded<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io
     Ok(buf)
 }
 
-fn decode_request(raw: &[u8]) -> io::Result<CollectionId> {
+pub(crate) fn decode_request(raw: &[u8]) -> io::Result<CollectionId> {
     <[u8; 32]>::try_from(raw).map(CollectionId).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -73,7 +73,7 @@ fn decode_request(raw: &[u8]) -> io::Result<CollectionId> {
     })
 }
 
-fn decode_response(raw: &[u8]) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn decode_response(raw: &[u8]) -> io::Result<Option<Vec<u8>>> {
     match raw.split_first() {
         Some((&NONE, [])) => Ok(None),
         Some((&SOME, rest)) => Ok(Some(rest.to_vec())),

@@ -35,6 +35,32 @@ mod rate;
 #[cfg(test)]
 mod tests;
 
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): each
+/// wire decoder over a byte slice. Not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+
+    /// Decodes chunk-protocol request frames until the bytes end or one fails.
+    pub fn chunk_requests(data: &[u8]) {
+        let mut c = Cursor::new(data);
+        while let Ok(Some(_)) = block_on(super::chunk_protocol::read_request(&mut c)) {}
+    }
+
+    /// Decodes one chunk-protocol response frame.
+    pub fn chunk_response(data: &[u8]) {
+        let _ = block_on(super::chunk_protocol::read_response(&mut Cursor::new(data)));
+    }
+
+    /// Decodes a latest-protocol request and response.
+    pub fn latest(data: &[u8]) {
+        let _ = super::latest_protocol::decode_request(data);
+        let _ = super::latest_protocol::decode_response(data);
+    }
+}
+
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
