@@ -12,6 +12,7 @@
 //! future it was given resolves, or on [`Node::shutdown`].
 
 pub mod admission;
+mod config;
 mod control_server;
 mod follow;
 mod latest;
@@ -20,6 +21,7 @@ mod provider;
 mod redial;
 mod reputation;
 mod space;
+mod status;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,134 +36,20 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::announce::SignedAnnouncement;
-use crate::config::{Config, ConfigError, LimitsSettings};
-use crate::control::status::{NodeInfo, PeerStatus, Status};
+use crate::control::status::Status;
 use crate::control::{CommandError, ErrorKind, Request, Response};
 use crate::gossip::GossipMessage;
-use crate::http::{Gateway, HttpConfig};
+use crate::http::Gateway;
 use crate::keys::{CollectionId, KeyError, MasterKey};
-use crate::net::{self, Event, NetConfig};
+use crate::net::{self, Event};
 use crate::publish::{PublishError, PublishOptions, PublishReport};
 use crate::store::{Store, StoreError};
 pub(crate) use crate::task::{blocking, lock};
 pub use admission::Admission;
+pub use config::{net_limits, NodeConfig};
 use follow::Follower;
 pub use local::LocalStore;
 pub use provider::StoreProvider;
-
-/// How to run a node.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    /// Data directory (store, node key, control socket).
-    pub data: PathBuf,
-    /// Network settings.
-    pub net: NetConfig,
-    /// Collections to follow (besides those already in the store).
-    pub follow: Vec<CollectionId>,
-    /// Versions to keep per collection.
-    pub keep: usize,
-    /// Serve the control socket.
-    pub control: bool,
-    /// Resource limits.
-    pub limits: LimitsSettings,
-    /// Serve the files over HTTP.
-    pub http: Option<HttpConfig>,
-}
-
-impl NodeConfig {
-    /// The node `cfg` describes, on `data`, with its control socket.
-    pub fn from_config(data: &Path, cfg: &Config) -> Result<NodeConfig, ConfigError> {
-        let addrs = |v: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
-            v.iter()
-                .map(|a| {
-                    a.parse()
-                        .map_err(|e| ConfigError::Invalid(format!("not a multiaddr: {a}: {e}")))
-                })
-                .collect()
-        };
-        let follow = cfg
-            .follow
-            .iter()
-            .map(|c| {
-                c.parse::<CollectionId>()
-                    .map_err(|e| ConfigError::Invalid(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(NodeConfig {
-            data: data.to_path_buf(),
-            net: NetConfig {
-                listen: addrs(&cfg.net.listen)?,
-                bootstrap: addrs(&cfg.net.peers)?,
-                mdns: cfg.net.mdns,
-                kademlia: cfg.net.kademlia,
-                idle_timeout: cfg.net.idle_timeout(),
-                limits: net_limits(&cfg.limits),
-                low_priority_gossip: admission::is_have,
-            },
-            follow,
-            keep: cfg.store.keep,
-            control: true,
-            limits: cfg.limits.clone(),
-            http: match cfg.http.listen.trim() {
-                "" => None,
-                a => Some(HttpConfig::from_settings(
-                    a.parse().map_err(|e| {
-                        ConfigError::Invalid(format!("http.listen {a:?}: {e} (want ADDRESS:PORT)"))
-                    })?,
-                    &cfg.http,
-                )),
-            },
-        })
-    }
-
-    /// The default settings on an ephemeral 127.0.0.1 TCP port, without a
-    /// control socket: what the demo, tests and benchmarks run. Every node
-    /// there shares one IP address, so the per-IP connection cap is the
-    /// total cap.
-    pub fn loopback(data: PathBuf, peers: Vec<Multiaddr>, follow: Vec<CollectionId>) -> Self {
-        let mut d = Config::default();
-        d.limits.max_connections_per_ip = d.limits.max_connections;
-        NodeConfig {
-            data,
-            net: NetConfig {
-                listen: vec![Multiaddr::empty()
-                    .with(libp2p::multiaddr::Protocol::Ip4(
-                        std::net::Ipv4Addr::LOCALHOST,
-                    ))
-                    .with(libp2p::multiaddr::Protocol::Tcp(0))],
-                bootstrap: peers,
-                mdns: false,
-                kademlia: d.net.kademlia,
-                idle_timeout: d.net.idle_timeout(),
-                limits: net_limits(&d.limits),
-                low_priority_gossip: admission::is_have,
-            },
-            follow,
-            keep: d.store.keep,
-            control: false,
-            limits: d.limits,
-            http: None,
-        }
-    }
-}
-
-/// The network side of the `[limits]` settings.
-pub fn net_limits(l: &LimitsSettings) -> net::NetLimits {
-    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    net::NetLimits {
-        max_connections: l.max_connections,
-        max_connections_per_ip: l.max_connections_per_ip,
-        max_inbound_streams: l.max_inbound_streams as usize,
-        max_inbound_streams_per_peer: l.max_inbound_streams_per_peer as usize,
-        max_send_buffer: size(l.max_send_buffer_bytes),
-        max_send_buffer_per_peer: size(l.max_send_buffer_bytes_per_peer),
-        send_timeout: Duration::from_secs(l.send_timeout_secs),
-        chunk_requests_per_sec: l.chunk_requests_per_sec,
-        latest_requests_per_sec: l.latest_requests_per_sec,
-        latest_in_flight: l.latest_in_flight as usize,
-        latest_timeout: Duration::from_secs(l.latest_timeout_secs),
-    }
-}
 
 /// Why a node could not start or an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -270,51 +158,6 @@ impl Inner {
             self.wake(&acc.collection());
         }
         a
-    }
-
-    /// A snapshot of the store's and the node's state.
-    pub(crate) async fn status(&self) -> Result<Status, NodeError> {
-        let s = self.store.clone();
-        let mut status: Status = blocking("status", move || local::status(&s)).await?;
-        let followers = lock(&self.followers).clone();
-        for cs in &mut status.collections {
-            let Some(f) = cs.id.parse().ok().and_then(|c| followers.get(&c)) else {
-                continue;
-            };
-            cs.in_progress = Some(f.in_progress.load(Ordering::Relaxed)).filter(|v| *v > 0);
-            cs.done_bytes = f.progress.done_bytes.load(Ordering::Relaxed);
-            cs.total_bytes = f.progress.total_bytes.load(Ordering::Relaxed);
-            cs.bytes_down = f.progress.bytes_down.load(Ordering::Relaxed);
-            cs.refused = lock(&f.refused).clone();
-        }
-        let peers = self
-            .client
-            .peers()
-            .await
-            .into_iter()
-            .map(|p| PeerStatus {
-                id: p.peer_id.to_string(),
-                addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
-                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
-            })
-            .collect();
-        status.node = Some(NodeInfo {
-            peer_id: self.client.local_peer_id().to_string(),
-            listen: self
-                .client
-                .listen_addrs()
-                .await
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-            bytes_up: self.bytes_up.load(Ordering::Relaxed),
-            bytes_down: lock(&self.followers)
-                .values()
-                .map(|f| f.progress.bytes_down.load(Ordering::Relaxed))
-                .sum(),
-            peers,
-        });
-        Ok(status)
     }
 
     /// Asks every follower to look for chunks missing from its current

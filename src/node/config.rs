@@ -1,0 +1,127 @@
+//! How to run a node: [`NodeConfig`], built from the settings or, for the
+//! demo, tests and benchmarks, for loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+use super::admission;
+use crate::config::{Config, ConfigError, LimitsSettings};
+use crate::http::HttpConfig;
+use crate::keys::CollectionId;
+use crate::net::{self, NetConfig};
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Data directory (store, node key, control socket).
+    pub data: PathBuf,
+    /// Network settings.
+    pub net: NetConfig,
+    /// Collections to follow (besides those already in the store).
+    pub follow: Vec<CollectionId>,
+    /// Versions to keep per collection.
+    pub keep: usize,
+    /// Serve the control socket.
+    pub control: bool,
+    /// Resource limits.
+    pub limits: LimitsSettings,
+    /// Serve the files over HTTP.
+    pub http: Option<HttpConfig>,
+}
+
+impl NodeConfig {
+    /// The node `cfg` describes, on `data`, with its control socket.
+    pub fn from_config(data: &Path, cfg: &Config) -> Result<NodeConfig, ConfigError> {
+        let addrs = |v: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
+            v.iter()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| ConfigError::Invalid(format!("not a multiaddr: {a}: {e}")))
+                })
+                .collect()
+        };
+        let follow = cfg
+            .follow
+            .iter()
+            .map(|c| {
+                c.parse::<CollectionId>()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NodeConfig {
+            data: data.to_path_buf(),
+            net: NetConfig {
+                listen: addrs(&cfg.net.listen)?,
+                bootstrap: addrs(&cfg.net.peers)?,
+                mdns: cfg.net.mdns,
+                kademlia: cfg.net.kademlia,
+                idle_timeout: cfg.net.idle_timeout(),
+                limits: net_limits(&cfg.limits),
+                low_priority_gossip: admission::is_have,
+            },
+            follow,
+            keep: cfg.store.keep,
+            control: true,
+            limits: cfg.limits.clone(),
+            http: match cfg.http.listen.trim() {
+                "" => None,
+                a => Some(HttpConfig::from_settings(
+                    a.parse().map_err(|e| {
+                        ConfigError::Invalid(format!("http.listen {a:?}: {e} (want ADDRESS:PORT)"))
+                    })?,
+                    &cfg.http,
+                )),
+            },
+        })
+    }
+
+    /// The default settings on an ephemeral 127.0.0.1 TCP port, without a
+    /// control socket: what the demo, tests and benchmarks run. Every node
+    /// there shares one IP address, so the per-IP connection cap is the
+    /// total cap.
+    pub fn loopback(data: PathBuf, peers: Vec<Multiaddr>, follow: Vec<CollectionId>) -> Self {
+        let mut d = Config::default();
+        d.limits.max_connections_per_ip = d.limits.max_connections;
+        NodeConfig {
+            data,
+            net: NetConfig {
+                listen: vec![Multiaddr::empty()
+                    .with(libp2p::multiaddr::Protocol::Ip4(
+                        std::net::Ipv4Addr::LOCALHOST,
+                    ))
+                    .with(libp2p::multiaddr::Protocol::Tcp(0))],
+                bootstrap: peers,
+                mdns: false,
+                kademlia: d.net.kademlia,
+                idle_timeout: d.net.idle_timeout(),
+                limits: net_limits(&d.limits),
+                low_priority_gossip: admission::is_have,
+            },
+            follow,
+            keep: d.store.keep,
+            control: false,
+            limits: d.limits,
+            http: None,
+        }
+    }
+}
+
+/// The network side of the `[limits]` settings.
+pub fn net_limits(l: &LimitsSettings) -> net::NetLimits {
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    net::NetLimits {
+        max_connections: l.max_connections,
+        max_connections_per_ip: l.max_connections_per_ip,
+        max_inbound_streams: l.max_inbound_streams as usize,
+        max_inbound_streams_per_peer: l.max_inbound_streams_per_peer as usize,
+        max_send_buffer: size(l.max_send_buffer_bytes),
+        max_send_buffer_per_peer: size(l.max_send_buffer_bytes_per_peer),
+        send_timeout: Duration::from_secs(l.send_timeout_secs),
+        chunk_requests_per_sec: l.chunk_requests_per_sec,
+        latest_requests_per_sec: l.latest_requests_per_sec,
+        latest_in_flight: l.latest_in_flight as usize,
+        latest_timeout: Duration::from_secs(l.latest_timeout_secs),
+    }
+}
