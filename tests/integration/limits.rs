@@ -417,3 +417,77 @@ async fn a_have_flood_is_not_forwarded_and_does_not_delay_an_announcement() {
     mirror.shutdown().await;
     master.shutdown().await;
 }
+
+/// Answers latest-announcement requests only after a long sleep: a silent peer.
+struct Silent;
+
+impl net::ChunkProvider for Silent {
+    fn chunk(&self, _: &Hash) -> Option<bytes::Bytes> {
+        None
+    }
+    fn have(&self, ids: &[Hash]) -> Vec<bool> {
+        vec![false; ids.len()]
+    }
+    fn manifest_chunks(&self, _: &Hash) -> Option<Vec<ChunkRef>> {
+        None
+    }
+    fn latest_announcement(&self, _: &CollectionId) -> Option<Vec<u8>> {
+        std::thread::sleep(Duration::from_secs(15));
+        None
+    }
+}
+
+/// Three silent peers cost a round of latest requests one timeout (10 s by
+/// default), not one each: the peers are asked at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_cost_a_latest_round_one_timeout_not_one_each() {
+    let h = Harness::new();
+    let src = h.path("src");
+    sample_tree(&src, 1);
+    let key = MasterKey::generate();
+    let c = key.collection();
+    let mut peers: Vec<Multiaddr> = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let (dir, span) = h.node_span(&format!("silent{i}"));
+        let (client, _events, lp) = span
+            .in_scope(|| {
+                net::new(
+                    Keypair::generate_ed25519(),
+                    NodeConfig::loopback(dir, vec![], vec![]).net,
+                    Arc::new(Silent),
+                )
+            })
+            .unwrap();
+        tasks.push(tokio::spawn(
+            lp.run(std::future::pending()).instrument(span),
+        ));
+        peers.extend(client.listen_addrs().await);
+        std::mem::forget(client);
+    }
+    let master = h.start("master", vec![], vec![]).await;
+    let v = master.publish(&key, &src).await;
+    peers.extend(master.addrs().to_vec());
+    let m = h.start("m", peers, vec![]).await;
+    // Wait until all four peers are connected.
+    let t = Instant::now();
+    while m.node().client().peers().await.len() < 4 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "peers never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m.node().follow(c).await.unwrap();
+    let t = Instant::now();
+    let got = m.node().refresh_latest(c).await;
+    let took = t.elapsed();
+    assert_eq!(got, Some(v));
+    assert!(
+        took < Duration::from_secs(20),
+        "a round with three silent peers took {took:?}"
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
