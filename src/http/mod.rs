@@ -163,18 +163,26 @@ impl Gateway {
     /// Calls `hook` with every chunk found corrupt (after it was dropped
     /// from the index), so the node can fetch it again.
     pub fn with_corrupt_chunk_hook(self, hook: impl Fn(Hash) + Send + Sync + 'static) -> Self {
+        self.rebuilt(|i| i.on_corrupt = Some(Arc::new(hook)))
+    }
+
+    /// The same gateway with `change` made to its settings; built before
+    /// it serves, so there are no caches to carry over.
+    fn rebuilt(self, change: impl FnOnce(&mut Inner)) -> Self {
         let i = &self.inner;
+        let mut inner = Inner {
+            store: i.store.clone(),
+            grace: i.grace,
+            max_connections: i.max_connections,
+            shutdown_timeout: i.shutdown_timeout,
+            on_corrupt: i.on_corrupt.clone(),
+            status: i.status.clone(),
+            manifests: ManifestCache::default(),
+            sums: std::sync::Mutex::new(None),
+        };
+        change(&mut inner);
         Gateway {
-            inner: Arc::new(Inner {
-                store: i.store.clone(),
-                grace: i.grace,
-                max_connections: i.max_connections,
-                shutdown_timeout: i.shutdown_timeout,
-                on_corrupt: Some(Arc::new(hook)),
-                status: i.status.clone(),
-                manifests: ManifestCache::default(),
-                sums: std::sync::Mutex::new(None),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -216,19 +224,7 @@ impl Gateway {
     /// Answers [`STATUS_PATH`] with what `hook` returns (JSON): names
     /// never start with a dot, so the path cannot hide a collection.
     pub fn with_status_hook(self, hook: StatusHook) -> Self {
-        let i = &self.inner;
-        Gateway {
-            inner: Arc::new(Inner {
-                store: i.store.clone(),
-                grace: i.grace,
-                max_connections: i.max_connections,
-                shutdown_timeout: i.shutdown_timeout,
-                on_corrupt: i.on_corrupt.clone(),
-                status: Some(hook),
-                manifests: ManifestCache::default(),
-                sums: std::sync::Mutex::new(None),
-            }),
-        }
+        self.rebuilt(|i| i.status = Some(hook))
     }
 
     /// Answers one request (any body is ignored). Never fails: errors
