@@ -203,10 +203,7 @@ impl Node {
         let store = Arc::new(store);
         let keypair = node_key(&cfg.data.join("node.key"))?;
         let bytes_up = Arc::new(AtomicU64::new(0));
-        let provider = Arc::new(StoreProvider {
-            store: store.clone(),
-            bytes_up: bytes_up.clone(),
-        });
+        let provider = Arc::new(StoreProvider::new(store.clone(), bytes_up.clone()));
         let (client, events, event_loop) = {
             let _in_span = span.enter();
             net::new(keypair, cfg.net.clone(), provider)?

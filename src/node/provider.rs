@@ -16,6 +16,13 @@ pub struct StoreProvider {
     pub(crate) bytes_up: Arc<AtomicU64>,
 }
 
+impl StoreProvider {
+    /// Serves `store`, counting bytes sent in `bytes_up`.
+    pub fn new(store: Arc<Store>, bytes_up: Arc<AtomicU64>) -> Self {
+        StoreProvider { store, bytes_up }
+    }
+}
+
 impl ChunkProvider for StoreProvider {
     fn chunk(&self, id: &Hash) -> Option<bytes::Bytes> {
         // read_chunk re-hashes: a corrupt chunk is never sent on.

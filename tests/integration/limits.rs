@@ -418,18 +418,19 @@ async fn a_have_flood_is_not_forwarded_and_does_not_delay_an_announcement() {
     master.shutdown().await;
 }
 
-/// Answers latest-announcement requests only after a long sleep: a silent peer.
+/// Serves nothing, and answers latest-announcement requests only after
+/// longer than the requester waits: a silent peer.
 struct Silent;
 
 impl net::ChunkProvider for Silent {
-    fn chunk(&self, _: &Hash) -> Option<bytes::Bytes> {
-        None
+    fn chunk(&self, id: &Hash) -> Option<bytes::Bytes> {
+        Empty.chunk(id)
     }
     fn have(&self, ids: &[Hash]) -> Vec<bool> {
-        vec![false; ids.len()]
+        Empty.have(ids)
     }
-    fn manifest_chunks(&self, _: &Hash) -> Option<Vec<ChunkRef>> {
-        None
+    fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>> {
+        Empty.manifest_chunks(id)
     }
     fn latest_announcement(&self, _: &CollectionId) -> Option<Vec<u8>> {
         std::thread::sleep(Duration::from_secs(15));

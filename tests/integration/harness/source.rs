@@ -2,7 +2,7 @@
 //! chunk at a time with a pause before each, so that a sync lasts long
 //! enough for a test to kill, fill or stop something in the middle of it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use peermirror::hash::Hash;
 use peermirror::keys::CollectionId;
 use peermirror::manifest::ChunkRef;
 use peermirror::net::ChunkProvider;
-use peermirror::node::NodeConfig;
+use peermirror::node::{NodeConfig, StoreProvider};
 use peermirror::store::Store;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -30,10 +30,9 @@ impl SlowSource {
     pub async fn start(h: &Harness, name: &str, store: Arc<Store>, delay: Duration) -> SlowSource {
         let (dir, span) = h.node_span(name);
         let provider = Slow {
-            store,
+            inner: StoreProvider::new(store, Arc::new(AtomicU64::new(0))),
             delay,
             one_at_a_time: Mutex::new(()),
-            served: AtomicU64::new(0),
         };
         let kp = libp2p::identity::Keypair::generate_ed25519();
         let (client, mut events, lp) = span
@@ -69,34 +68,30 @@ impl Drop for SlowSource {
     }
 }
 
+/// The node's own provider, with a delay before each chunk and one chunk
+/// at a time.
 struct Slow {
-    store: Arc<Store>,
+    inner: StoreProvider,
     delay: Duration,
     one_at_a_time: Mutex<()>,
-    /// Chunk bytes sent.
-    served: AtomicU64,
 }
 
 impl ChunkProvider for Slow {
     fn chunk(&self, id: &Hash) -> Option<bytes::Bytes> {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
         std::thread::sleep(self.delay);
-        let data = self.store.read_chunk(id).ok()?;
-        self.served.fetch_add(data.len() as u64, Ordering::Relaxed);
-        Some(data.into())
+        self.inner.chunk(id)
     }
 
     fn have(&self, ids: &[Hash]) -> Vec<bool> {
-        ids.iter()
-            .map(|id| self.store.has_chunk(id).unwrap_or(false))
-            .collect()
+        self.inner.have(ids)
     }
 
     fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>> {
-        self.store.manifest_chunks(id).ok()?
+        self.inner.manifest_chunks(id)
     }
 
     fn latest_announcement(&self, c: &CollectionId) -> Option<Vec<u8>> {
-        Some(self.store.latest(c).ok()??.encode())
+        self.inner.latest_announcement(c)
     }
 }
