@@ -15,6 +15,10 @@
 //! [store]
 //! keep = 2
 //!
+//! [publish]
+//! symlinks = "skip"      # links out of the tree: "keep", "skip" or "refuse"
+//! exclude = []           # gitignore-style patterns, e.g. ["*.tmp", "/cache/"]
+//!
 //! [http]
 //! listen = ""            # e.g. "0.0.0.0:8080"; empty: no HTTP
 //! grace_secs = 600
@@ -65,6 +69,8 @@ pub struct Config {
     pub net: NetSettings,
     /// Store.
     pub store: StoreSettings,
+    /// How `publish` reads a tree.
+    pub publish: PublishSettings,
     /// The HTTP file gateway for end users.
     pub http: HttpSettings,
     /// Resource limits (each documented with its default in docs/security.md).
@@ -123,6 +129,20 @@ impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings { keep: 2 }
     }
+}
+
+/// `[publish]`: what `publish` takes from a tree (its flags add to or
+/// override these).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishSettings {
+    /// Symlinks pointing outside the tree: `keep`, `skip` (default, with a
+    /// warning) or `refuse`. Absolute links into the tree are always stored
+    /// as relative ones.
+    pub symlinks: crate::publish::SymlinkPolicy,
+    /// Paths never published: gitignore-style patterns relative to the
+    /// tree's root; `--exclude` adds more.
+    pub exclude: Vec<String>,
 }
 
 /// `[http]`: serving the files to people (curl, wget, browsers, apt).

@@ -58,6 +58,23 @@ pub enum Command {
         /// Days the announcement stays valid.
         #[arg(long, default_value_t = 365)]
         valid_days: u64,
+        /// Symlinks pointing outside the tree: keep them as they are, skip
+        /// them with a warning, or refuse to publish (default: the
+        /// publish.symlinks setting, skip). Absolute links into the tree
+        /// are stored as relative ones.
+        #[arg(long, value_enum, value_name = "POLICY")]
+        symlinks: Option<peermirror::publish::SymlinkPolicy>,
+        /// Leave out paths matching this gitignore-style pattern, relative
+        /// to the tree (repeatable; adds to publish.exclude).
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Say what would be published (files, bytes, new chunks) and
+        /// write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Read every file, even those the stat cache says are unchanged.
+        #[arg(long)]
+        reread: bool,
         /// The directory to publish.
         src: PathBuf,
     },
@@ -178,14 +195,31 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             name,
             version,
             valid_days,
+            symlinks,
+            exclude,
+            dry_run,
+            reread,
             src,
         } => {
+            let mut flags = Layer::new("flags");
+            if let Some(s) = symlinks {
+                flags = flags.set("publish.symlinks", s);
+            }
+            let cfg = settings(file, &data, Layer::new("publish"), flags)?
+                .config
+                .publish;
+            let mut patterns = cfg.exclude;
+            patterns.extend(exclude);
             let req = Request::Publish {
                 key: absolute(&key)?,
                 src: absolute(&src)?,
                 name,
                 version,
                 valid_for: valid_days.saturating_mul(24 * 3600),
+                symlinks: cfg.symlinks,
+                exclude: patterns,
+                reread,
+                dry_run,
             };
             let bar = output::progress_bar("publishing");
             let r = call(&data, req, &mut |done, total| {
@@ -194,10 +228,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })
             .with_context(|| format!("publishing {}", src.display()));
             bar.finish_and_clear();
-            let Response::Published(r) = r? else {
-                bail!("unexpected answer");
-            };
-            output::published(&r);
+            match r? {
+                Response::Published(r) => output::published(&r),
+                Response::DryRun(r) => output::dry_run(&r),
+                _ => bail!("unexpected answer"),
+            }
         }
         Command::Export {
             collection,

@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use peermirror::announce::Freshness;
 use peermirror::config::Settings;
 use peermirror::control::Status;
-use peermirror::publish::PublishReport;
+use peermirror::publish::{DryRunReport, PublishReport};
 use peermirror::store::{ExportReport, GcReport, VerifyReport};
 
 /// `1.5 GiB`-style sizes.
@@ -29,18 +29,50 @@ pub fn progress_bar(what: &str) -> ProgressBar {
     bar
 }
 
-/// `publish`'s one line.
+/// `publish`'s one line (and, on stderr, what was left out or rewritten).
 pub fn published(r: &PublishReport) {
     let a = &r.announcement.body;
     println!(
-        "published {} version {}: {} files, {}, {} new stored (collection {})",
+        "published {} version {}: {} files, {}, {} new stored, {} read (collection {})",
         a.name,
         a.version,
         r.files,
         bytes(r.bytes),
         bytes(r.new_bytes),
+        bytes(r.read_bytes),
         a.collection
     );
+    tree_notes(r.links_rewritten, r.links_skipped, r.excluded);
+}
+
+/// `publish --dry-run`'s report.
+pub fn dry_run(r: &DryRunReport) {
+    println!(
+        "would publish {} version {}: {} entries, {} files, {}; {} of {} chunks new, {} to store; {} read (collection {}; nothing written)",
+        r.name,
+        r.version,
+        r.entries,
+        r.files,
+        bytes(r.bytes),
+        r.new_chunks,
+        r.chunks,
+        bytes(r.new_bytes),
+        bytes(r.read_bytes),
+        r.collection
+    );
+    tree_notes(r.links_rewritten, r.links_skipped, r.excluded);
+}
+
+fn tree_notes(rewritten: u64, skipped: u64, excluded: u64) {
+    if rewritten > 0 {
+        eprintln!("{rewritten} absolute symlinks into the tree stored as relative links");
+    }
+    if skipped > 0 {
+        eprintln!("{skipped} symlinks pointing outside the tree left out (--symlinks keep to publish them)");
+    }
+    if excluded > 0 {
+        eprintln!("{excluded} paths excluded");
+    }
 }
 
 /// `export`'s one line.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::publish::PublishReport;
+use crate::publish::{DryRunReport, PublishReport};
 use crate::store::{ExportReport, GcReport, VerifyReport};
 pub use status::Status;
 
@@ -37,6 +37,18 @@ pub enum Request {
         version: Option<u64>,
         /// Validity in seconds.
         valid_for: u64,
+        /// Symlinks out of the tree: keep, skip or refuse.
+        #[serde(default)]
+        symlinks: crate::publish::SymlinkPolicy,
+        /// Gitignore-style patterns of paths to leave out.
+        #[serde(default)]
+        exclude: Vec<String>,
+        /// Read every file, whatever the stat cache says.
+        #[serde(default)]
+        reread: bool,
+        /// Only say what would be published; write nothing.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Export a version.
     Export {
@@ -68,6 +80,8 @@ pub enum Response {
     Status(Box<Status>),
     /// For [`Request::Publish`].
     Published(PublishReport),
+    /// For [`Request::Publish`] with `dry_run`.
+    DryRun(DryRunReport),
     /// For [`Request::Export`].
     Exported(ExportReport),
     /// For [`Request::Verify`].
@@ -140,9 +154,11 @@ impl ErrorKind {
         }
         if let Some(p) = e.downcast_ref::<P>() {
             return match p {
-                P::BadName(_) | P::BadVersion(_) | P::ContainsKey(_) | P::NotADirectory(_) => {
-                    Some(ErrorKind::Usage)
-                }
+                P::BadName(_)
+                | P::BadVersion(_)
+                | P::ContainsKey(_)
+                | P::NotADirectory(_)
+                | P::BadExclude { .. } => Some(ErrorKind::Usage),
                 P::Store(s) => Some(Self::of(s)),
                 _ => None,
             };

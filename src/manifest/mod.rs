@@ -7,18 +7,19 @@
 //! bytes, no maps), so its blake3 hash is its identity. Decoding re-encodes
 //! and compares, so one manifest has exactly one encoding, and
 //! [`Manifest::validate`] rejects anything that could write outside the
-//! export directory or make a node allocate absurd amounts. Format 1
+//! export directory or make a node allocate absurd amounts. [`stream`]
+//! encodes, decodes and validates a manifest one entry at a time, for
+//! versions of millions of files. Format 1
 //! manifests (no file metadata) are still read, and keep their encoding and
 //! id; new manifests are written in format 2. The byte layouts live in
 //! [`wire`].
-
-use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkerParams;
 use crate::hash::Hash;
 
+pub mod stream;
 mod wire;
 
 /// Encoding version of the manifests this node writes.
@@ -120,7 +121,8 @@ pub enum EntryKind {
         /// Modification time and SHA-256: present in format 2, absent in format 1.
         meta: Option<FileMeta>,
     },
-    /// A symbolic link with a relative target that stays inside the tree.
+    /// A symbolic link. Its target is relative and inside the tree unless
+    /// the publisher kept links as they were (`publish --symlinks keep`).
     Symlink {
         /// The link target, as stored in the link.
         target: String,
@@ -173,13 +175,25 @@ pub enum ManifestError {
     /// A path below a file or a symlink.
     #[error("path {0:?} lies below a file or symlink")]
     ParentNotDir(String),
-    /// A symlink whose target is absolute or leaves the tree.
+    /// A symlink whose target is absolute or leaves the tree: what
+    /// `publish --symlinks refuse` reports (validation accepts such links,
+    /// which only the publisher can ask for).
     #[error("symlink {path:?} -> {target:?} escapes the tree")]
     SymlinkEscapes {
         /// The link.
         path: String,
         /// Its target.
         target: String,
+    },
+    /// A symlink target that is empty, too long or holds NUL.
+    #[error("bad symlink {path:?} -> {target:?}: {why}")]
+    BadSymlink {
+        /// The link.
+        path: String,
+        /// Its target.
+        target: String,
+        /// Which rule it breaks.
+        why: &'static str,
     },
     /// Sizes that do not add up or exceed the limits.
     #[error("bad size for {path:?}: {why}")]
@@ -259,54 +273,15 @@ impl Manifest {
             .map(|i| &self.entries[i])
     }
 
-    /// Checks every rule a manifest from an untrusted peer must meet.
+    /// Checks every rule a manifest from an untrusted peer must meet (the
+    /// same checks, entry by entry, as [`stream::Validator`]).
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if self.format != FORMAT && self.format != FORMAT_V1 {
-            return Err(ManifestError::UnsupportedFormat(self.format));
-        }
-        if !self.chunker.is_supported() {
-            return Err(ManifestError::UnsupportedChunker(self.chunker.clone()));
-        }
         if self.entries.len() > MAX_ENTRIES {
             return Err(ManifestError::TooManyEntries(self.entries.len()));
         }
-        let mut kinds: HashMap<&str, &EntryKind> = HashMap::with_capacity(self.entries.len());
-        let mut prev: Option<&str> = None;
-        let mut total: u64 = 0;
+        let mut v = stream::Validator::new(self.format, &self.chunker)?;
         for e in &self.entries {
-            check_path(&e.path)?;
-            if prev.is_some_and(|p| p.as_bytes() >= e.path.as_bytes()) {
-                return Err(ManifestError::DuplicatePath(e.path.clone()));
-            }
-            prev = Some(&e.path);
-            kinds.insert(&e.path, &e.kind);
-            if let EntryKind::File {
-                size, chunks, meta, ..
-            } = &e.kind
-            {
-                check_meta(&e.path, self.format, meta.as_ref())?;
-                total = total.saturating_add(check_file(&e.path, *size, chunks, &self.chunker)?);
-                if total > MAX_TOTAL_SIZE {
-                    return Err(ManifestError::BadSize {
-                        path: e.path.clone(),
-                        why: "version exceeds the total size limit",
-                    });
-                }
-            }
-        }
-        for e in &self.entries {
-            // Sorted order puts parents first, but parents need not be listed.
-            let mut at = 0;
-            while let Some(i) = e.path[at..].find('/') {
-                let parent = &e.path[..at + i];
-                if matches!(kinds.get(parent), Some(k) if !matches!(k, EntryKind::Dir)) {
-                    return Err(ManifestError::ParentNotDir(e.path.clone()));
-                }
-                at += i + 1;
-            }
-            if let EntryKind::Symlink { target } = &e.kind {
-                check_symlink(&e.path, target, &kinds)?;
-            }
+            v.push(e)?;
         }
         Ok(())
     }
@@ -384,44 +359,25 @@ fn check_file(
     Ok(size)
 }
 
-/// A symlink may point anywhere inside the tree, resolved lexically from its
-/// directory. Because the OS resolves `..` after following a link, a `..`
-/// that comes after a component which is itself a symlink could leave the
-/// tree; such targets are refused.
-fn check_symlink(
-    path: &str,
-    target: &str,
-    kinds: &HashMap<&str, &EntryKind>,
-) -> Result<(), ManifestError> {
-    let escapes = || ManifestError::SymlinkEscapes {
+/// A symlink's target is stored as the link holds it and never resolved on
+/// a file system by a mirror (export writes it as is; the HTTP gateway
+/// follows it only lexically inside the manifest), so only its form is
+/// checked here. Whether it stays inside the tree is the publisher's
+/// choice (`publish --symlinks`).
+fn check_symlink(path: &str, target: &str) -> Result<(), ManifestError> {
+    let bad = |why| ManifestError::BadSymlink {
         path: path.to_string(),
         target: target.to_string(),
+        why,
     };
-    if target.is_empty() || target.len() > MAX_PATH || target.contains('\0') {
-        return Err(escapes());
+    if target.is_empty() {
+        return Err(bad("empty target"));
     }
-    if target.starts_with('/') {
-        return Err(escapes());
+    if target.len() > MAX_PATH {
+        return Err(bad("target too long"));
     }
-    let mut stack: Vec<&str> = path.split('/').collect();
-    stack.pop();
-    let mut through_link = false;
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                if through_link || stack.pop().is_none() {
-                    return Err(escapes());
-                }
-            }
-            c => {
-                stack.push(c);
-                let joined = stack.join("/");
-                if matches!(kinds.get(joined.as_str()), Some(EntryKind::Symlink { .. })) {
-                    through_link = true;
-                }
-            }
-        }
+    if target.contains('\0') {
+        return Err(bad("target contains NUL"));
     }
     Ok(())
 }

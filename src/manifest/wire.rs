@@ -27,6 +27,74 @@ pub(super) fn encode(m: &Manifest) -> Vec<u8> {
     postcard::to_stdvec(&out).unwrap_or_default()
 }
 
+/// The bytes before the entries: format, chunker, and the entry count (a
+/// postcard sequence length), so entries can be encoded one at a time and
+/// the whole still equals [`encode`].
+pub(super) fn encode_header(format: u32, chunker: &ChunkerParams, count: usize) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Header<'a> {
+        format: u32,
+        chunker: &'a ChunkerParams,
+        count: usize,
+    }
+    let h = Header {
+        format,
+        chunker,
+        count,
+    };
+    postcard::to_stdvec(&h).unwrap_or_default()
+}
+
+/// Appends one entry's canonical encoding in `format` to `out`.
+pub(super) fn encode_entry(format: u32, e: &Entry, out: &mut Vec<u8>) {
+    let taken = std::mem::take(out);
+    *out = if format == FORMAT_V1 {
+        let v = EntryOut {
+            path: &e.path,
+            kind: KindV1Out::from(&e.kind),
+        };
+        postcard::to_extend(&v, taken)
+    } else {
+        let v = EntryOut {
+            path: &e.path,
+            kind: KindV2Out::from(&e.kind),
+        };
+        postcard::to_extend(&v, taken)
+    }
+    // Serialising into a Vec cannot fail.
+    .unwrap_or_default();
+}
+
+/// Decodes one entry of `format` from the front of `bytes`: the entry and
+/// the bytes after it.
+pub(super) fn take_entry(format: u32, bytes: &[u8]) -> Result<(Entry, &[u8]), postcard::Error> {
+    fn take<'a, K: Deserialize<'a> + Into<EntryKind>>(
+        bytes: &'a [u8],
+    ) -> Result<(Entry, &'a [u8]), postcard::Error> {
+        let (e, rest) = postcard::take_from_bytes::<EntryIn<K>>(bytes)?;
+        Ok((
+            Entry {
+                path: e.path,
+                kind: e.kind.into(),
+            },
+            rest,
+        ))
+    }
+    if format == FORMAT_V1 {
+        take::<KindV1>(bytes)
+    } else {
+        take::<KindV2>(bytes)
+    }
+}
+
+/// What [`encode_header`] writes: format, chunker, entry count.
+pub(super) type Header = (u32, ChunkerParams, usize);
+
+/// Decodes the header [`encode_header`] writes and the bytes after it.
+pub(super) fn take_header(bytes: &[u8]) -> Result<(Header, &[u8]), postcard::Error> {
+    postcard::take_from_bytes::<(u32, ChunkerParams, usize)>(bytes)
+}
+
 /// Decodes either layout; the caller validates and checks canonical form.
 pub(super) fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     let malformed = |e: postcard::Error| ManifestError::Malformed(e.to_string());

@@ -49,14 +49,25 @@ pub(crate) fn run(
             name,
             version,
             valid_for,
+            symlinks,
+            exclude,
+            reread,
+            dry_run,
         } => {
             let key = MasterKey::load(&key)?;
             let opts = PublishOptions {
                 name,
                 version,
                 valid_for,
+                symlinks,
+                exclude,
+                reread,
             };
-            Response::Published(publish::publish(store, &key, &src, &opts, progress)?)
+            if dry_run {
+                Response::DryRun(publish::dry_run(store, &key, &src, &opts, progress)?)
+            } else {
+                Response::Published(publish::publish(store, &key, &src, &opts, progress)?)
+            }
         }
         Request::Export {
             collection,

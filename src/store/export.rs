@@ -3,8 +3,12 @@
 //! flushed to disk, and renamed into place (swapped with `RENAME_EXCHANGE`
 //! when the destination exists), so readers see the old tree or the new one,
 //! never a mix. Every chunk is verified as it is read, and each file gets
-//! back the modification time the manifest recorded (format 2).
+//! back the modification time the manifest recorded (format 2). The
+//! manifest is read entry by entry, so memory does not grow with the number
+//! of files. Symlinks are written as the manifest stores them, never
+//! resolved (a link the publisher kept may point outside the tree).
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -14,8 +18,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{io_ctx, Result, Store, StoreError};
+use crate::hash::Hash;
 use crate::keys::CollectionId;
-use crate::manifest::{EntryKind, Manifest};
+use crate::manifest::EntryKind;
 
 /// What an export wrote.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -50,8 +55,10 @@ impl Store {
                 .current(id)?
                 .ok_or(StoreError::UnknownCollection(*id))?,
         };
-        let m = self.manifest(&a.body.manifest)?;
-        let missing = self.missing_chunks(&m)?.len();
+        // Streamed twice (checked, then written), never held whole: a
+        // manifest may list millions of files.
+        let m = a.body.manifest;
+        let missing = self.missing_in(&m)?;
         if missing > 0 {
             return Err(StoreError::Incomplete {
                 version: a.body.version,
@@ -95,10 +102,27 @@ impl Store {
         result
     }
 
-    fn write_tree(&self, m: &Manifest, root: &Path) -> Result<ExportReport> {
+    /// Chunks of a stored manifest's files that the store lacks, each
+    /// counted once.
+    fn missing_in(&self, m: &Hash) -> Result<usize> {
+        let mut missing = HashSet::new();
+        for e in self.manifest_entries(m)? {
+            if let EntryKind::File { chunks, .. } = e?.kind {
+                for c in chunks {
+                    if !self.has_chunk(&c.id)? {
+                        missing.insert(c.id);
+                    }
+                }
+            }
+        }
+        Ok(missing.len())
+    }
+
+    fn write_tree(&self, m: &Hash, root: &Path) -> Result<ExportReport> {
         let mut r = ExportReport::default();
         mkdir(root)?;
-        for e in &m.entries {
+        for e in self.manifest_entries(m)? {
+            let e = e?;
             // Paths were validated: relative, no `..`, nothing below a file or link.
             let path = root.join(&e.path);
             if let Some(p) = path.parent() {

@@ -8,7 +8,7 @@
 //! version), `versions` (collection id + version -> signed announcement) and
 //! `switches` (collection id -> the version current before the last switch,
 //! and when it happened, for readers that serve the previous version for a
-//! while).
+//! while), plus `statcache` for publish ([`StatCache`]).
 //!
 //! Crash safety follows from the order of writes: chunk bytes are appended
 //! and fsynced before their index entries are written and flushed
@@ -22,6 +22,8 @@ mod gc;
 mod lease;
 mod segments;
 mod space;
+mod statcache;
+mod stream;
 mod verify;
 mod versions;
 
@@ -48,6 +50,8 @@ pub use segments::Loc;
 use segments::Segments;
 pub(crate) use space::mib;
 pub use space::{Fit, DISK_RESERVE};
+pub use statcache::{CachedFile, FileStat, StatCache, StatCacheBatch, Sweep};
+pub use stream::{ManifestBytes, ManifestEntries};
 pub use verify::{Problem, VerifyReport};
 use versions::version_key;
 pub use versions::{CollectionInfo, Recorded, Switch};

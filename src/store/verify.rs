@@ -1,13 +1,16 @@
 //! `verify`: re-hash every stored chunk and check that every complete
 //! version held (the current one and older) has its manifest and all its
-//! chunks; a newer version may still be being fetched.
+//! chunks; a newer version may still be being fetched. Manifests are read
+//! entry by entry, so a version of millions of files is checked in memory
+//! that does not grow with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use super::segments::Loc;
 use super::{Result, Store};
 use crate::hash::Hash;
+use crate::manifest::EntryKind;
 
 /// One thing wrong with the store.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -74,67 +77,14 @@ impl Store {
     /// Re-hashes every chunk and checks every complete version. With `repair`, corrupt
     /// chunks are dropped from the index so that they are fetched or
     /// published again instead of being served.
+    ///
+    /// Chunks are re-hashed first, so that the manifests, streamed one
+    /// entry at a time, only need to look up the few corrupt ones: memory
+    /// does not grow with the number of files.
     pub fn verify(&self, repair: bool) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
-        let mut used_by: HashMap<Hash, String> = HashMap::new();
-        let mut manifest_chunks: Vec<(Hash, String)> = Vec::new();
-        // Chunks that must be present: those of complete versions. A version
-        // newer than the current one may still be being fetched.
-        let mut required: HashMap<Hash, String> = HashMap::new();
-        for info in self.collections()? {
-            let current = info.current.as_ref().map(|a| a.body.version);
-            for v in &info.versions {
-                let complete = current.is_some_and(|c| *v <= c);
-                let label = format!("{} v{v}", info.name);
-                report.versions_checked += 1;
-                let a = match self.version(&info.id, *v) {
-                    Ok(Some(a)) => a,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        report.problems.push(Problem::BadVersion {
-                            version: label,
-                            why: e.to_string(),
-                        });
-                        continue;
-                    }
-                };
-                // Expiry does not matter for what is already stored.
-                if let Err(e) = a.verify(a.body.published_at) {
-                    report.problems.push(Problem::BadVersion {
-                        version: label.clone(),
-                        why: e.to_string(),
-                    });
-                }
-                if let Ok(rec) = self.manifest_record(&a.body.manifest) {
-                    for c in rec.chunks {
-                        manifest_chunks.push((c.id, format!("manifest of {label}")));
-                    }
-                }
-                match self.manifest(&a.body.manifest) {
-                    Ok(m) => {
-                        for (path, _, _, chunks) in m.files() {
-                            for c in chunks {
-                                let by = || format!("{label}: {path}");
-                                used_by.entry(c.id).or_insert_with(by);
-                                if complete {
-                                    required.entry(c.id).or_insert_with(by);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => report.problems.push(Problem::BadVersion {
-                        version: label,
-                        why: format!("manifest {}: {e}", a.body.manifest),
-                    }),
-                }
-            }
-        }
-        for (id, label) in manifest_chunks {
-            used_by.entry(id).or_insert_with(|| label.clone());
-            required.entry(id).or_insert(label);
-        }
-
-        let mut corrupt = Vec::new();
+        let mut corrupt: HashMap<Hash, (String, Option<String>)> = HashMap::new();
+        let mut corrupt_order = Vec::new();
         for kv in self.chunks.iter() {
             let (k, v) = kv?;
             let id = Hash(k.as_ref().try_into().unwrap_or([0; 32]));
@@ -151,24 +101,103 @@ impl Store {
                 },
             };
             if let Some(why) = why {
-                report.problems.push(Problem::CorruptChunk {
-                    id,
-                    used_by: used_by.get(&id).cloned(),
-                    why,
-                });
-                corrupt.push(id);
+                corrupt.insert(id, (why, None));
+                corrupt_order.push(id);
             }
         }
-        for (id, label) in &required {
-            if !self.has_chunk(id)? {
-                report.problems.push(Problem::MissingChunk {
+
+        let mut bad_versions = Vec::new();
+        let mut missing = Vec::new();
+        let mut reported: HashSet<Hash> = HashSet::new();
+        // Chunks that must be present: those of complete versions (a version
+        // newer than the current one may still be being fetched) and every
+        // stored manifest's own.
+        let mut need = |id: &Hash, label: &dyn Fn() -> String, required: bool| -> Result<()> {
+            if let Some((_, by)) = corrupt.get_mut(id) {
+                by.get_or_insert_with(label);
+            }
+            if required && !reported.contains(id) && !self.has_chunk(id)? {
+                reported.insert(*id);
+                missing.push(Problem::MissingChunk {
                     id: *id,
-                    used_by: label.clone(),
+                    used_by: label(),
+                });
+            }
+            Ok(())
+        };
+        for info in self.collections()? {
+            let current = info.current.as_ref().map(|a| a.body.version);
+            for v in &info.versions {
+                let complete = current.is_some_and(|c| *v <= c);
+                let label = format!("{} v{v}", info.name);
+                report.versions_checked += 1;
+                let a = match self.version(&info.id, *v) {
+                    Ok(Some(a)) => a,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        bad_versions.push(Problem::BadVersion {
+                            version: label,
+                            why: e.to_string(),
+                        });
+                        continue;
+                    }
+                };
+                // Expiry does not matter for what is already stored.
+                if let Err(e) = a.verify(a.body.published_at) {
+                    bad_versions.push(Problem::BadVersion {
+                        version: label.clone(),
+                        why: e.to_string(),
+                    });
+                }
+                let m = a.body.manifest;
+                if let Ok(rec) = self.manifest_record(&m) {
+                    for c in rec.chunks {
+                        need(&c.id, &|| format!("manifest of {label}"), true)?;
+                    }
+                }
+                let entries = match self.manifest_entries(&m) {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        bad_versions.push(Problem::BadVersion {
+                            version: label,
+                            why: format!("manifest {m}: {e}"),
+                        });
+                        continue;
+                    }
+                };
+                for e in entries {
+                    let e = match e {
+                        Ok(e) => e,
+                        Err(e) => {
+                            bad_versions.push(Problem::BadVersion {
+                                version: label.clone(),
+                                why: format!("manifest {m}: {e}"),
+                            });
+                            break;
+                        }
+                    };
+                    if let EntryKind::File { chunks, .. } = &e.kind {
+                        for c in chunks {
+                            need(&c.id, &|| format!("{label}: {}", e.path), complete)?;
+                        }
+                    }
+                }
+            }
+        }
+
+        report.problems = bad_versions;
+        for id in &corrupt_order {
+            if let Some((why, used_by)) = corrupt.get(id) {
+                report.problems.push(Problem::CorruptChunk {
+                    id: *id,
+                    used_by: used_by.clone(),
+                    why: why.clone(),
                 });
             }
         }
+        report.problems.extend(missing);
         if repair {
-            for id in &corrupt {
+            for id in &corrupt_order {
                 self.chunks.remove(id.as_bytes())?;
                 report.repaired += 1;
             }

@@ -193,11 +193,15 @@ fn bad_trees_are_refused_before_anything_changes() {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"data").unwrap();
     std::os::unix::fs::symlink("../../etc/passwd", src.join("evil")).unwrap();
-    let err = h.fail(&["publish", "--key", &key, src.to_str().unwrap()]);
+    let refuse = |h: &Harness| {
+        let args = ["publish", "--symlinks", "refuse", "--key", &key];
+        h.fail(&[&args[..], &[src.to_str().unwrap()]].concat())
+    };
+    let err = refuse(&h);
     assert!(err.contains("escapes the tree"), "{err}");
     fs::remove_file(src.join("evil")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", src.join("abs")).unwrap();
-    let err = h.fail(&["publish", "--key", &key, src.to_str().unwrap()]);
+    let err = refuse(&h);
     assert!(err.contains("escapes the tree"), "{err}");
     let status = h.run(&["status"]);
     assert!(status.contains("no collections"), "{status}");
