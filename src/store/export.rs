@@ -121,12 +121,15 @@ impl Store {
     fn write_tree(&self, m: &Hash, root: &Path) -> Result<ExportReport> {
         let mut r = ExportReport::default();
         mkdir(root)?;
+        let mut made = root.to_path_buf();
         for e in self.manifest_entries(m)? {
             let e = e?;
             // Paths were validated: relative, no `..`, nothing below a file or link.
             let path = root.join(&e.path);
-            if let Some(p) = path.parent() {
+            // Files of one directory mostly come together: one check for them all.
+            if let Some(p) = path.parent().filter(|p| *p != made) {
                 fs::create_dir_all(p).map_err(io_ctx(format!("creating {}", p.display())))?;
+                made = p.to_path_buf();
             }
             match &e.kind {
                 EntryKind::Dir => {
