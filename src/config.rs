@@ -19,6 +19,11 @@
 //! listen = ""            # e.g. "0.0.0.0:8080"; empty: no HTTP
 //! grace_secs = 600
 //! max_connections = 1024
+//! public_url = ""        # e.g. "https://mirror.example.org"; empty: no mirror records
+//! region = ""            # e.g. "DE"
+//! prefer = []            # client prefixes to serve first, e.g. ["10.1.0.0/16"]
+//! capacity_mbps = 0      # declared capacity; 0: not declared
+//! geoip_db = ""          # a MaxMind .mmdb file giving clients' countries
 //!
 //! [limits]
 //! max_connections = 256
@@ -136,6 +141,23 @@ pub struct HttpSettings {
     pub grace_secs: u64,
     /// Connections served at once; more are closed right after accept.
     pub max_connections: usize,
+    /// The base URL people reach this node's HTTP at (`https://host`,
+    /// `http://host:8080/mirror`); empty: the node advertises no mirror
+    /// record, since others could not send anyone here.
+    pub public_url: String,
+    /// A region or country label (e.g. `DE`) the redirector matches with
+    /// clients' regions; empty: none.
+    pub region: String,
+    /// Client address prefixes this mirror prefers to serve (e.g. its own
+    /// network's): the redirector sends such clients here first.
+    pub prefer: Vec<String>,
+    /// Declared capacity in Mbit/s: the redirector spreads load among
+    /// equally near mirrors in proportion to it (0: not declared).
+    pub capacity_mbps: u32,
+    /// A MaxMind GeoIP2/GeoLite2 database file (`.mmdb`) the redirector
+    /// reads clients' countries from; empty: regions come only from
+    /// `?region=`.
+    pub geoip_db: String,
 }
 
 impl Default for HttpSettings {
@@ -144,6 +166,11 @@ impl Default for HttpSettings {
             listen: String::new(),
             grace_secs: 600,
             max_connections: 1024,
+            public_url: String::new(),
+            region: String::new(),
+            prefer: Vec::new(),
+            capacity_mbps: 0,
+            geoip_db: String::new(),
         }
     }
 }

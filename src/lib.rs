@@ -10,7 +10,9 @@
 //! - [`store`]: the content-addressed store (sled index, chunk bodies in segment files),
 //!   with gc, verify and export.
 //! - [`publish`]: turning a directory into a new version.
-//! - [`http`]: the HTTP file gateway serving current versions to end users.
+//! - [`http`]: the HTTP file gateway serving current versions to end users,
+//!   the redirector (`/r/...`) and Metalink documents.
+//! - [`mirrors`]: signed HTTP mirror records, their table, health checks and ranking.
 //! - [`net`]: the libp2p swarm and wire protocols (chunks, have-maps, latest announcement).
 //! - [`gossip`]: messages on a collection's gossip topic.
 //! - [`sync`]: fetching a version's manifest and chunks from many peers at once.
@@ -34,6 +36,7 @@ pub mod hash;
 pub mod http;
 pub mod keys;
 pub mod manifest;
+pub mod mirrors;
 pub mod net;
 pub mod node;
 pub mod publish;

@@ -33,6 +33,14 @@ pub struct NetArgs {
     /// Serve the files to people over HTTP on ADDRESS:PORT (e.g. 0.0.0.0:8080).
     #[arg(long, value_name = "ADDRESS:PORT")]
     pub http: Option<String>,
+    /// The base URL people reach this node's HTTP at (e.g.
+    /// https://mirror.example.org): the node then advertises itself as a
+    /// mirror, and redirectors on other nodes send users here.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// This mirror's region or country label (e.g. DE), matched with clients'.
+    #[arg(long, value_name = "LABEL")]
+    pub region: Option<String>,
 }
 
 /// The settings of a node command: flags on top of the environment, the
@@ -68,6 +76,12 @@ pub fn settings_for(
     }
     if let Some(h) = &args.http {
         flags = flags.set("http.listen", h);
+    }
+    if let Some(u) = &args.public_url {
+        flags = flags.set("http.public_url", u);
+    }
+    if let Some(r) = &args.region {
+        flags = flags.set("http.region", r);
     }
     let mut s = super::settings(file, data, defaults, flags)?;
     // Collections named on the command line add to those of the file.

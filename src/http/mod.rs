@@ -12,6 +12,8 @@
 //! - `body`: bodies streamed chunk by chunk from the store, verified.
 //! - `listing`: HTML and JSON listings, `/`, `SHA256SUMS`.
 //! - `range`: the `Range` header.
+//! - `redirect`: `/r/<collection>/<path>`, sending clients to a mirror.
+//! - `metalink`: `<path>.meta4` Metalink documents listing the mirrors.
 //!
 //! # URLs
 //!
@@ -25,6 +27,12 @@
 //! `X-Peermirror-Version` (the version whose bytes it holds) and
 //! `X-Peermirror-Collection`.
 //!
+//! `/r/<collection>/<path>` answers 302 to a mirror that holds the newest
+//! version (see `redirect`), and `/r/<collection>/<path>.meta4` and
+//! `/<collection>/<path>.meta4` (when the tree has no such file) a
+//! Metalink document listing them (see `metalink`). A collection named
+//! `r` is therefore reachable by id only.
+//!
 //! # Versions and integrity
 //!
 //! A request reads one version from start to end, under a read lease that
@@ -37,8 +45,10 @@
 mod body;
 mod files;
 mod listing;
+mod metalink;
 mod path;
 mod range;
+mod redirect;
 mod server;
 mod snapshot;
 
@@ -75,27 +85,39 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// How long a shutdown waits for responses in flight before cutting them.
     pub shutdown_timeout: Duration,
+    /// What the node advertises as a mirror, and the redirector's GeoIP
+    /// database.
+    pub mirror: crate::mirrors::MirrorSettings,
 }
 
 impl HttpConfig {
-    /// The gateway `[http]` describes, listening on `listen`.
-    pub fn from_settings(listen: SocketAddr, s: &crate::config::HttpSettings) -> Self {
-        HttpConfig {
+    /// The gateway `[http]` describes, listening on `listen`; refuses
+    /// mirror settings that cannot be used.
+    pub fn from_settings(
+        listen: SocketAddr,
+        s: &crate::config::HttpSettings,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(HttpConfig {
             listen,
             grace: Duration::from_secs(s.grace_secs),
             max_connections: s.max_connections,
             shutdown_timeout: SHUTDOWN_TIMEOUT,
-        }
+            mirror: crate::mirrors::MirrorSettings::from_settings(s)?,
+        })
     }
 }
 
 impl Default for HttpConfig {
     /// The `[http]` defaults, on loopback port 8080.
     fn default() -> Self {
-        HttpConfig::from_settings(
-            SocketAddr::from(([127, 0, 0, 1], 8080)),
-            &crate::config::HttpSettings::default(),
-        )
+        let s = crate::config::HttpSettings::default();
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grace: Duration::from_secs(s.grace_secs),
+            max_connections: s.max_connections,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
+            mirror: Default::default(),
+        }
     }
 }
 
@@ -110,6 +132,11 @@ pub enum HttpError {
     #[error("http listener: {0}")]
     Listener(#[source] std::io::Error),
 }
+
+/// The client's address, which the server puts in every request's
+/// extensions (the redirector ranks mirrors by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// Where the gateway answers `GET /.well-known/peermirror`.
 pub const STATUS_PATH: &str = "/.well-known/peermirror";
@@ -138,6 +165,8 @@ struct Inner {
     shutdown_timeout: Duration,
     on_corrupt: Option<CorruptChunkHook>,
     status: Option<StatusHook>,
+    /// The mirrors the redirector chooses from (`None`: no `/r/`).
+    mirrors: Option<Arc<crate::mirrors::Mirrors>>,
     manifests: ManifestCache,
     /// The last generated SHA256SUMS, by manifest id.
     sums: std::sync::Mutex<Option<(Hash, Bytes)>>,
@@ -154,6 +183,7 @@ impl Gateway {
                 shutdown_timeout: config.shutdown_timeout,
                 on_corrupt: None,
                 status: None,
+                mirrors: None,
                 manifests: ManifestCache::default(),
                 sums: std::sync::Mutex::new(None),
             }),
@@ -177,6 +207,7 @@ impl Gateway {
             shutdown_timeout: i.shutdown_timeout,
             on_corrupt: i.on_corrupt.clone(),
             status: i.status.clone(),
+            mirrors: i.mirrors.clone(),
             manifests: ManifestCache::default(),
             sums: std::sync::Mutex::new(None),
         };
@@ -184,6 +215,12 @@ impl Gateway {
         Gateway {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Answers `/r/...` and `.meta4` from the records and health of
+    /// `mirrors`.
+    pub fn with_mirrors(self, mirrors: Arc<crate::mirrors::Mirrors>) -> Self {
+        self.rebuilt(|i| i.mirrors = Some(mirrors))
     }
 
     /// The store served.
@@ -280,6 +317,9 @@ impl Gateway {
         let Some(first) = p.segments.first() else {
             return self.root(req).await;
         };
+        if let (Some(m), "r") = (&self.inner.mirrors, first.as_str()) {
+            return redirect::handle(self, m, req, p).await;
+        }
         let id = match self.lookup(first).await? {
             Lookup::Found(id) => id,
             Lookup::NotFound => return Ok(text(StatusCode::NOT_FOUND, "no such collection\n")),
@@ -323,6 +363,10 @@ impl Gateway {
             )),
             path::Resolved::NotFound if generated && rest == ["SHA256SUMS"] => {
                 self.sums(req, snap).await
+            }
+            path::Resolved::NotFound if generated && metalink::target(rest).is_some() => {
+                let m = self.inner.mirrors.as_ref()?;
+                metalink::beside(self, m, req, snap, rest).await
             }
             path::Resolved::NotFound => None,
         }

@@ -65,7 +65,8 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let gw = gateway.clone();
-                let service = hyper::service::service_fn(move |req| {
+                let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                    req.extensions_mut().insert(super::ClientAddr(peer));
                     let gw = gw.clone();
                     async move { Ok::<_, Infallible>(gw.handle(req).await) }
                 });

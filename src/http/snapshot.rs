@@ -57,7 +57,7 @@ pub enum Lookup {
 pub struct ManifestCache(std::sync::Mutex<Vec<(Hash, Arc<Manifest>)>>);
 
 impl ManifestCache {
-    fn get(&self, id: &Hash) -> Option<Arc<Manifest>> {
+    pub(super) fn get(&self, id: &Hash) -> Option<Arc<Manifest>> {
         let mut v = crate::task::lock(&self.0);
         let i = v.iter().position(|(k, _)| k == id)?;
         let hit = v.remove(i);
@@ -66,7 +66,7 @@ impl ManifestCache {
         Some(m)
     }
 
-    fn put(&self, id: Hash, m: Arc<Manifest>) {
+    pub(super) fn put(&self, id: Hash, m: Arc<Manifest>) {
         let mut v = crate::task::lock(&self.0);
         v.retain(|(k, _)| *k != id);
         v.insert(0, (id, m));

@@ -69,6 +69,8 @@ pub struct Client {
     reports: mpsc::UnboundedSender<Report>,
     pool: Arc<StreamPool>,
     counters: Arc<Counters>,
+    /// Opens `/peermirror/mirrors/1` streams.
+    mirrors: libp2p_stream::Control,
 }
 
 impl Client {
@@ -78,6 +80,7 @@ impl Client {
         reports: mpsc::UnboundedSender<Report>,
         pool: Arc<StreamPool>,
         counters: Arc<Counters>,
+        mirrors: libp2p_stream::Control,
     ) -> Self {
         Self {
             local_peer_id,
@@ -85,7 +88,18 @@ impl Client {
             reports,
             pool,
             counters,
+            mirrors,
         }
+    }
+
+    /// Asks `peer` for the mirror records it holds for `collection`
+    /// (`/peermirror/mirrors/1`). The bytes are not verified here.
+    pub async fn request_mirrors(
+        &self,
+        peer: PeerId,
+        collection: CollectionId,
+    ) -> Result<Vec<Vec<u8>>, NetError> {
+        super::mirrors_protocol::request(&self.mirrors, peer, collection).await
     }
 
     /// Sends a command and waits for its reply.

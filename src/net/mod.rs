@@ -12,8 +12,9 @@
 //! Protocols: identify, ping, gossipsub (one topic per collection, every
 //! message validated by the application), Kademlia, optional mDNS, the
 //! `/peermirror/latest/1` request-response protocol for the latest
-//! announcement of a collection, and the `/peermirror/chunk/1` stream protocol
-//! for chunk bodies and have-maps. Chunk transfers run on their own streams
+//! announcement of a collection, the `/peermirror/chunk/1` stream protocol
+//! for chunk bodies and have-maps, and the `/peermirror/mirrors/1` stream
+//! protocol for a collection's HTTP mirror records. Chunk transfers run on their own streams
 //! outside the event loop, many in parallel per peer.
 //!
 //! Of the rest of the crate, this module uses only the leaf types that name
@@ -31,6 +32,7 @@ mod event_loop;
 mod ip_limits;
 mod latest_protocol;
 mod limits;
+mod mirrors_protocol;
 mod rate;
 #[cfg(test)]
 mod tests;
@@ -78,6 +80,7 @@ pub use event_loop::EventLoop;
 pub use latest_protocol::MAX_ANNOUNCEMENT_LEN;
 pub use libp2p::{gossipsub::MessageId, Multiaddr, PeerId, Stream};
 pub use limits::{NetLimits, ServerStats};
+pub use mirrors_protocol::PROTOCOL_NAME as MIRRORS_PROTOCOL;
 pub use rate::RateLimiter;
 
 /// Capacity of the event channel handed to the application.
@@ -130,6 +133,11 @@ pub trait ChunkProvider: Send + Sync + 'static {
     /// The latest accepted signed announcement of a collection (opaque
     /// bytes), for late joiners.
     fn latest_announcement(&self, collection: &CollectionId) -> Option<Vec<u8>>;
+    /// The signed mirror records (opaque bytes) held for a collection, for
+    /// peers who ask which HTTP mirrors serve it. None by default.
+    fn mirror_records(&self, _collection: &CollectionId) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 /// The application's verdict on a gossip message.
@@ -244,6 +252,19 @@ pub fn new(
         .accept(libp2p::StreamProtocol::new(chunk_protocol::PROTOCOL_NAME))
         .map_err(|e| NetError::Build(format!("chunk protocol: {e:?}")))?;
 
+    let mirrors_control = swarm.behaviour().stream.new_control();
+    let mirrors_incoming = control
+        .accept(mirrors_protocol::protocol())
+        .map_err(|e| NetError::Build(format!("mirrors protocol: {e:?}")))?;
+    // Ends when the swarm (and so the incoming stream queue) goes away.
+    tokio::spawn(tracing::Instrument::in_current_span(
+        mirrors_protocol::serve(
+            mirrors_incoming,
+            provider.clone(),
+            cfg.limits.latest_requests_per_sec,
+        ),
+    ));
+
     let mut listeners = Vec::with_capacity(cfg.listen.len());
     for addr in &cfg.listen {
         let id = swarm
@@ -268,6 +289,7 @@ pub fn new(
         report_tx,
         pool.clone(),
         counters.clone(),
+        mirrors_control,
     );
     let event_loop = EventLoop::new(event_loop::Parts {
         swarm,

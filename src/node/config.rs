@@ -72,7 +72,7 @@ impl NodeConfig {
                         ConfigError::Invalid(format!("http.listen {a:?}: {e} (want ADDRESS:PORT)"))
                     })?,
                     &cfg.http,
-                )),
+                )?),
             },
         })
     }

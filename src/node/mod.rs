@@ -8,7 +8,9 @@
 //! current when complete; a poller that asks every peer for the latest
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
 //! a task that dials configured peers again while they are not connected
-//! ([`redial`]); and the control socket ([`control_server`]). It stops when the shutdown
+//! ([`redial`]); a task that advertises this node as an HTTP mirror and
+//! probes the mirrors it knows ([`mirrors`]); and the control socket
+//! ([`control_server`]). It stops when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
 pub mod admission;
@@ -17,6 +19,7 @@ mod control_server;
 mod follow;
 mod latest;
 mod local;
+mod mirrors;
 mod provider;
 mod redial;
 mod reputation;
@@ -83,6 +86,9 @@ pub enum NodeError {
     /// The HTTP address could not be bound.
     #[error("serving HTTP on {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
+    /// The configured GeoIP database could not be read.
+    #[error(transparent)]
+    GeoIp(#[from] crate::mirrors::geoip::GeoIpError),
 }
 
 impl NodeError {
@@ -122,6 +128,10 @@ pub(crate) struct Inner {
     pub(crate) reputation: reputation::Reputation,
     /// Collections published through this node: it re-announces them.
     pub(crate) published: Mutex<std::collections::HashSet<CollectionId>>,
+    /// The HTTP mirrors known, and what this node advertises as one.
+    pub(crate) mirrors: Arc<crate::mirrors::Mirrors>,
+    /// The node key, which signs this node's mirror records.
+    pub(crate) keypair: Keypair,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
 }
@@ -202,11 +212,18 @@ impl Node {
             .await?;
         let store = Arc::new(store);
         let keypair = node_key(&cfg.data.join("node.key"))?;
+        let mirror_settings = cfg.http.as_ref().map(|h| h.mirror.clone());
+        let mirrors = Arc::new(crate::mirrors::Mirrors::new(
+            keypair.public().to_peer_id(),
+            mirror_settings.unwrap_or_default(),
+        )?);
         let bytes_up = Arc::new(AtomicU64::new(0));
-        let provider = Arc::new(StoreProvider::new(store.clone(), bytes_up.clone()));
+        let provider = Arc::new(
+            StoreProvider::new(store.clone(), bytes_up.clone()).with_mirrors(mirrors.clone()),
+        );
         let (client, events, event_loop) = {
             let _in_span = span.enter();
-            net::new(keypair, cfg.net.clone(), provider)?
+            net::new(keypair.clone(), cfg.net.clone(), provider)?
         };
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
@@ -223,6 +240,8 @@ impl Node {
             haves: admission::HaveFilter::new(cfg.limits.have_notes_per_sec),
             stopping: AtomicBool::new(false),
             published: Mutex::new(Default::default()),
+            mirrors,
+            keypair,
             span,
         });
         let mut tasks = Vec::new();
@@ -238,6 +257,7 @@ impl Node {
             rx.clone(),
         )));
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(mirrors::run(inner.clone(), rx.clone())));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {
@@ -259,6 +279,7 @@ impl Node {
             let repair = inner.clone();
             let status = inner.clone();
             let gateway = Gateway::new(inner.store.clone(), h)
+                .with_mirrors(inner.mirrors.clone())
                 .with_corrupt_chunk_hook(move |id| {
                     tracing::warn!(chunk = %id, "a served chunk was corrupt on disk; fetching it again");
                     repair.repair_all();
@@ -351,6 +372,8 @@ impl Node {
             for p in self.inner.client.peers().await {
                 self.inner
                     .spawn(latest::ask_all(self.inner.clone(), p.peer_id));
+                self.inner
+                    .spawn(mirrors::ask(self.inner.clone(), p.peer_id));
             }
         }
         Ok(())
@@ -526,7 +549,7 @@ async fn handle_events(
                             author,
                             data: &data,
                         };
-                        admission::gossip(store, followed, &i.haves, msg, now)
+                        admission::gossip(store, followed, &i.haves, &i.mirrors.table, msg, now)
                     })
                     .await;
                 latest::log(&admission, &source);
@@ -534,8 +557,10 @@ async fn handle_events(
             }
             Event::PeerConnected(peer) => {
                 inner.spawn(latest::ask_all(inner.clone(), peer));
+                inner.spawn(mirrors::ask(inner.clone(), peer));
             }
-            Event::PeerDisconnected(_) => {}
+            // It may have stopped: probe it again before sending anyone there.
+            Event::PeerDisconnected(peer) => inner.mirrors.health.forget(&peer),
         }
     }
 }

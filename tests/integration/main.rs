@@ -14,5 +14,6 @@ mod http_mirror;
 mod limits;
 mod local_safety;
 mod network;
+mod redirect;
 mod settings;
 mod store_model;
