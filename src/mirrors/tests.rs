@@ -318,3 +318,23 @@ fn test_vector() {
 }
 
 const VECTOR: &str = "26002408011220197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d611a68747470733a2f2f6d6972726f722e6578616d706c652e6f726702444501040a01000010e80703a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b80380d095ffbc3180e2cfaa0690fecfaa0620197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d6140f2c948d791432de9f7e65919aaa8f98085b399f3764a94701614c83dffcbc19b66049d7a68f92d0c49391e22495f52d7cd90c1a47c3d67c4aa0a49342e516f0c";
+
+#[test]
+fn the_clients_region_comes_from_the_query_then_geoip() {
+    let db = super::geoip::test_db(&[("127.0.0.3/32".parse().unwrap(), "DE")]);
+    let m = super::Mirrors::new(PeerId::random(), Default::default())
+        .unwrap()
+        .with_geoip(super::GeoIp::from_bytes(db).unwrap());
+    let de: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let other: std::net::IpAddr = "127.0.0.4".parse().unwrap();
+    assert_eq!(m.client_region(Some(de), None).as_deref(), Some("DE"));
+    assert_eq!(m.client_region(Some(other), None), None);
+    assert_eq!(m.client_region(Some(de), Some("fr")).as_deref(), Some("fr"));
+    // A query that is no label is ignored.
+    assert_eq!(
+        m.client_region(Some(de), Some("a b")).as_deref(),
+        Some("DE")
+    );
+    let plain = super::Mirrors::new(PeerId::random(), Default::default()).unwrap();
+    assert_eq!(plain.client_region(Some(de), None), None);
+}
