@@ -8,13 +8,15 @@
 //! current when complete; a poller that asks every peer for the latest
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
 //! a task that dials configured peers again while they are not connected
-//! ([`redial`]); and the control socket ([`control_server`]). It stops when the shutdown
+//! ([`redial`]); one that saves the peers the network learned
+//! ([`known_peers`]); and the control socket ([`control_server`]). It stops when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
 pub mod admission;
 mod config;
 mod control_server;
 mod follow;
+mod known_peers;
 mod latest;
 mod local;
 mod provider;
@@ -204,9 +206,11 @@ impl Node {
         let keypair = node_key(&cfg.data.join("node.key"))?;
         let bytes_up = Arc::new(AtomicU64::new(0));
         let provider = Arc::new(StoreProvider::new(store.clone(), bytes_up.clone()));
+        let mut net_cfg = cfg.net.clone();
+        net_cfg.known_peers = known_peers::load(&store);
         let (client, events, event_loop) = {
             let _in_span = span.enter();
-            net::new(keypair, cfg.net.clone(), provider)?
+            net::new(keypair, net_cfg, provider)?
         };
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
@@ -238,6 +242,7 @@ impl Node {
             rx.clone(),
         )));
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(known_peers::run(inner.clone(), rx.clone())));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {
@@ -481,6 +486,10 @@ impl Node {
 
     /// Stops every task and waits for them (at most a few seconds each).
     pub async fn shutdown(&self) {
+        if !self.inner.stopping.load(Ordering::Relaxed) {
+            // While the network still runs: what it learned about peers.
+            known_peers::save(&self.inner).await;
+        }
         self.inner.stopping.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let tasks = std::mem::take(&mut *lock(&self.tasks));
