@@ -69,6 +69,8 @@ impl EventLoop {
                 ..
             } => {
                 let collection = self.provider_queries.get(&id).copied();
+                let label = collection.map(|c| c.short()).unwrap_or_default();
+                debug!(collection = %label, ?providers, "providers found");
                 for p in providers {
                     self.dial_provider(p, collection);
                 }
