@@ -15,7 +15,7 @@
 //! * once a peer is reachable directly, relayed connections to it are closed,
 //!   so bulk transfers (whose streams go to any open connection) run direct.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
@@ -159,7 +159,7 @@ pub(crate) struct NatState {
     /// The relay we hold (or are asking for) a slot on.
     reserved: Option<PeerId>,
     /// Relays whose reservation failed; not asked again while connected.
-    refused: HashMap<PeerId, ()>,
+    refused: HashSet<PeerId>,
 }
 
 impl NatState {
@@ -198,7 +198,7 @@ impl NatState {
             self.reserved = None;
         }
         if refused {
-            self.refused.insert(*relay, ());
+            self.refused.insert(*relay);
         }
     }
 
@@ -216,7 +216,7 @@ impl NatState {
         let (peer, addr) = self
             .relays
             .iter()
-            .find(|(p, _)| !self.refused.contains_key(p))
+            .find(|(p, _)| !self.refused.contains(p))
             .map(|(p, a)| (*p, a.clone()))?;
         self.reserved = Some(peer);
         Some((peer, addr))

@@ -69,6 +69,7 @@ async fn mirrors_meet_through_provider_records_and_remember_each_other() {
 
     // Restarted without any peer configured, C dials the peers it knew.
     c_node.shutdown().await;
+    drop(c_node);
     let again = h.start("c", vec![], vec![c]).await;
     wait_connected(&again, b.peer_id(), "after a restart").await;
     wait_connected(&again, a.peer_id(), "after a restart").await;
