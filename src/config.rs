@@ -6,11 +6,21 @@
 //! follow = ["<collection id>"]
 //!
 //! [net]
-//! listen = ["/ip4/0.0.0.0/tcp/4100", "/ip4/0.0.0.0/udp/4100/quic-v1"]
+//! listen = ["/ip4/0.0.0.0/tcp/4100", "/ip4/0.0.0.0/udp/4100/quic-v1",
+//!           "/ip6/::/tcp/4100", "/ip6/::/udp/4100/quic-v1"]
 //! peers = ["/ip4/192.0.2.10/tcp/4100/p2p/12D3KooW..."]
 //! mdns = false
 //! kademlia = true
 //! idle_timeout_secs = 300
+//! external_addresses = []   # e.g. ["/ip4/203.0.113.5/tcp/4100"] on a 1:1 NAT
+//! autonat = true
+//! autonat_private = false
+//! relay = true
+//! relay_max_reservations = 128
+//! relay_max_circuits = 16
+//! relay_circuit_bytes = 1048576
+//! relay_circuit_secs = 120
+//! upnp = false
 //!
 //! [store]
 //! keep = 2
@@ -92,6 +102,28 @@ pub struct NetSettings {
     pub kademlia: bool,
     /// Seconds a connection with no stream stays open.
     pub idle_timeout_secs: u64,
+    /// Addresses peers reach this node at though it cannot see them itself
+    /// (a 1:1 NAT, a forwarded port): announced as confirmed from the start.
+    pub external_addresses: Vec<String>,
+    /// Ask peers whether this node is reachable (AutoNAT): a reachable node
+    /// offers relay, an unreachable one reserves a slot on a relay.
+    pub autonat: bool,
+    /// Let AutoNAT trust and serve peers at private addresses (a lab, or a
+    /// NAT inside a larger private network); off on the internet.
+    pub autonat_private: bool,
+    /// Relay connections for peers behind NAT while this node is reachable.
+    pub relay: bool,
+    /// Peers that may hold a relay slot here at once.
+    pub relay_max_reservations: u32,
+    /// Relayed connections at once.
+    pub relay_max_circuits: u32,
+    /// Bytes one relayed connection may carry: enough for control traffic
+    /// and hole punching, not for bulk data.
+    pub relay_circuit_bytes: u64,
+    /// Seconds one relayed connection may last.
+    pub relay_circuit_secs: u64,
+    /// Ask the home router to forward a port (UPnP); off unless asked for.
+    pub upnp: bool,
 }
 
 impl Default for NetSettings {
@@ -100,11 +132,22 @@ impl Default for NetSettings {
             listen: vec![
                 "/ip4/0.0.0.0/tcp/4100".into(),
                 "/ip4/0.0.0.0/udp/4100/quic-v1".into(),
+                "/ip6/::/tcp/4100".into(),
+                "/ip6/::/udp/4100/quic-v1".into(),
             ],
             peers: Vec::new(),
             mdns: false,
             kademlia: true,
             idle_timeout_secs: 300,
+            external_addresses: Vec::new(),
+            autonat: true,
+            autonat_private: false,
+            relay: true,
+            relay_max_reservations: 128,
+            relay_max_circuits: 16,
+            relay_circuit_bytes: 1 << 20,
+            relay_circuit_secs: 120,
+            upnp: false,
         }
     }
 }

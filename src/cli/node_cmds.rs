@@ -27,6 +27,13 @@ pub struct NetArgs {
     /// Find peers on the local network with mDNS.
     #[arg(long)]
     pub mdns: bool,
+    /// Address peers reach this node at although it cannot see it itself,
+    /// e.g. a 1:1 NAT's public address (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external_address: Vec<String>,
+    /// Ask the router to forward a port (UPnP).
+    #[arg(long)]
+    pub upnp: bool,
     /// Versions to keep per collection.
     #[arg(long)]
     pub keep: Option<usize>,
@@ -70,6 +77,12 @@ pub fn settings_for(
     }
     if args.mdns {
         flags = flags.set("net.mdns", true);
+    }
+    if !args.external_address.is_empty() {
+        flags = flags.set("net.external_addresses", &args.external_address);
+    }
+    if args.upnp {
+        flags = flags.set("net.upnp", true);
     }
     if let Some(k) = args.keep {
         flags = flags.set("store.keep", k);

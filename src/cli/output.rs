@@ -94,6 +94,13 @@ pub fn status(s: &Status) {
         for a in &n.listen {
             println!("  listening on {a}");
         }
+        println!("  reachability: {}", reachability(&n.reachability));
+        for a in &n.external_addrs {
+            println!("  reachable at {a}");
+        }
+        if let Some(r) = &n.relay {
+            println!("  holding a relay slot on {r}");
+        }
         println!(
             "  sent {}, received {}",
             bytes(n.bytes_up),
@@ -159,8 +166,21 @@ pub fn status(s: &Status) {
         println!("peers: {}", n.peers.len());
         for p in &n.peers {
             let rtt = p.rtt_ms.map_or("?".to_string(), |r| format!("{r:.2} ms"));
-            println!("  {} rtt {} {}", p.id, rtt, p.addrs.join(" "));
+            let path = if p.path.is_empty() { "?" } else { &p.path };
+            println!("  {} {} rtt {} {}", p.id, path, rtt, p.addrs.join(" "));
         }
+    }
+}
+
+/// What a reachability word means for the operator.
+fn reachability(r: &str) -> String {
+    match r {
+        "public" => "public (peers can dial this node; it relays for others)".into(),
+        "private" => {
+            "private (behind NAT: reached through a relay, direct after hole punching)".into()
+        }
+        "" | "unknown" => "unknown (not tested yet)".into(),
+        other => other.into(),
     }
 }
 

@@ -29,6 +29,20 @@ pub struct NodeInfo {
     pub bytes_down: u64,
     /// Connected peers.
     pub peers: Vec<PeerStatus>,
+    /// Whether peers can dial this node: `public`, `private` (behind NAT)
+    /// or `unknown` (AutoNAT has not concluded).
+    #[serde(default)]
+    pub reachability: String,
+    /// Confirmed external addresses (configured, found by AutoNAT or UPnP,
+    /// or relayed through the relay it holds a slot on).
+    #[serde(default)]
+    pub external_addrs: Vec<String>,
+    /// The relay it holds a slot on, if any.
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// Peers remembered from earlier connections (saved across restarts).
+    #[serde(default)]
+    pub known_peers: usize,
 }
 
 /// Store totals.
@@ -120,4 +134,7 @@ pub struct PeerStatus {
     pub addrs: Vec<String>,
     /// Last ping round trip, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// The path bulk data takes: `direct`, `relayed` or `hole-punched`.
+    #[serde(default)]
+    pub path: String,
 }

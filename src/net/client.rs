@@ -11,8 +11,8 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    chunk_service::StreamPool, limits::Counters, MessageId, NetError, PeerInfo, ServerStats,
-    Verdict,
+    chunk_service::StreamPool, limits::Counters, KnownPeer, MessageId, NatStatus, NetError,
+    PeerInfo, ServerStats, Verdict,
 };
 use crate::hash::Hash;
 use crate::keys::CollectionId;
@@ -49,6 +49,12 @@ pub(crate) enum Command {
         peer: PeerId,
         duration: Duration,
         reply: oneshot::Sender<()>,
+    },
+    NatStatus {
+        reply: oneshot::Sender<NatStatus>,
+    },
+    KnownPeers {
+        reply: oneshot::Sender<Vec<KnownPeer>>,
     },
 }
 
@@ -218,6 +224,22 @@ impl Client {
     /// The currently connected peers. Empty if the event loop has stopped.
     pub async fn peers(&self) -> Vec<PeerInfo> {
         self.call(|reply| Command::Peers { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Whether this node is reachable, at which external addresses, and
+    /// through which relay. Default (unknown) if the event loop has stopped.
+    pub async fn nat_status(&self) -> NatStatus {
+        self.call(|reply| Command::NatStatus { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The peers this node has learned about (its [`super::PeerBook`]),
+    /// most recently seen first, for the application to save.
+    pub async fn known_peers(&self) -> Vec<KnownPeer> {
+        self.call(|reply| Command::KnownPeers { reply })
             .await
             .unwrap_or_default()
     }

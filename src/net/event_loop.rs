@@ -1,6 +1,8 @@
 //! [`EventLoop`]: the task that owns the swarm. It reacts to swarm events,
 //! executes [`Command`]s from clients, applies gossip verdicts, answers
-//! latest-announcement requests and retries queued publishes.
+//! latest-announcement requests, retries queued publishes, provides and
+//! looks up followed collections in the DHT ([`discovery`]), keeps the
+//! [`PeerBook`] and applies the NAT policy ([`nat`]).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -27,12 +29,17 @@ use super::{
     chunk_server,
     chunk_service::StreamPool,
     client::{Command, Report},
+    discovery::Schedule,
     limits::Counters,
+    nat::{self as nat_policy, NatState, PathKind},
+    peer_book::{self, KnownPeer, PeerBook},
     rate::RateLimiter,
     ChunkProvider, NetError, NetLimits,
 };
 use crate::keys::CollectionId;
 
+mod discovery;
+mod nat;
 mod swarm_events;
 
 /// How often queued publishes are retried and idle streams swept.
@@ -57,6 +64,8 @@ pub(crate) struct Parts {
     pub(crate) counters: Arc<Counters>,
     pub(crate) limits: NetLimits,
     pub(crate) low_priority_gossip: fn(&[u8]) -> bool,
+    pub(crate) known_peers: Vec<KnownPeer>,
+    pub(crate) external_given: bool,
 }
 
 /// A message waiting for a subscribed peer.
@@ -70,7 +79,28 @@ struct QueuedPublish {
 #[derive(Default)]
 struct PeerState {
     conns: HashMap<ConnectionId, Multiaddr>,
+    /// Connections DCUtR made by hole punching.
+    punched: HashSet<ConnectionId>,
     rtt: Option<Duration>,
+}
+
+impl PeerState {
+    /// The kind of path connection `c` (at `addr`) is.
+    fn path_of(&self, c: &ConnectionId, addr: &Multiaddr) -> PathKind {
+        if self.punched.contains(c) {
+            PathKind::HolePunched
+        } else if nat_policy::is_relayed(addr) {
+            PathKind::Relayed
+        } else {
+            PathKind::Direct
+        }
+    }
+
+    /// The best path among the open connections.
+    fn path(&self) -> PathKind {
+        nat_policy::best_path(self.conns.iter().map(|(c, a)| self.path_of(c, a)))
+            .unwrap_or(PathKind::Direct)
+    }
 }
 
 /// A latest-announcement answer computed off the loop, ready to send.
@@ -107,6 +137,16 @@ pub struct EventLoop {
     /// Banned peers and when each ban ends: their connections are closed
     /// as soon as they are established.
     banned: HashMap<PeerId, Instant>,
+    /// Reachability and relay slot.
+    nat: NatState,
+    /// The listener holding our relay slot, and the relay.
+    relay_listener: Option<(ListenerId, PeerId)>,
+    /// Peers learned so far, with their dialable addresses.
+    book: PeerBook,
+    /// When each followed collection is next provided and looked up.
+    discovery: Schedule,
+    /// Outstanding provider lookups, for the logs.
+    provider_queries: HashMap<libp2p::kad::QueryId, CollectionId>,
 }
 
 impl EventLoop {
@@ -138,6 +178,15 @@ impl EventLoop {
             publish_queue: VecDeque::new(),
             peers: HashMap::new(),
             banned: HashMap::new(),
+            nat: NatState::new(if parts.external_given {
+                super::Reachability::Public
+            } else {
+                super::Reachability::Unknown
+            }),
+            relay_listener: None,
+            book: PeerBook::new(parts.known_peers, peer_book::now_secs()),
+            discovery: Schedule::default(),
+            provider_queries: HashMap::new(),
         }
     }
 
@@ -156,6 +205,7 @@ impl EventLoop {
                 warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
+        self.dial_known_peers();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -174,6 +224,8 @@ impl EventLoop {
                     self.retry_publishes();
                     self.pool.sweep();
                     self.expire_bans();
+                    self.discovery_round();
+                    self.maybe_reserve_relay();
                 }
             }
         }
@@ -235,9 +287,25 @@ impl EventLoop {
                         peer_id: *id,
                         addrs: state.conns.values().cloned().collect(),
                         rtt: state.rtt,
+                        path: state.path(),
                     })
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::NatStatus { reply } => {
+                let _ = reply.send(super::NatStatus {
+                    reachability: self.nat.reachability,
+                    external_addrs: self.swarm.external_addresses().cloned().collect(),
+                    relay: self.nat.reserved(),
+                    known_peers: self.book.len(),
+                });
+            }
+            Command::KnownPeers { reply } => {
+                let now = peer_book::now_secs();
+                for peer in self.peers.keys() {
+                    self.book.touch(peer, now);
+                }
+                let _ = reply.send(self.book.peers());
             }
         }
     }
@@ -329,6 +397,7 @@ impl EventLoop {
             .set_topic_params(topic.clone(), behaviour::topic_score_params())
             .map_err(|e| NetError::Gossip(format!("topic score: {e}")))?;
         self.topics.insert(topic.hash(), collection);
+        self.discovery.start(collection, Instant::now());
         Ok(())
     }
 
@@ -382,6 +451,7 @@ impl EventLoop {
     fn ban(&mut self, peer: PeerId, duration: Duration) {
         info!(%peer, ?duration, "banning peer");
         self.banned.insert(peer, Instant::now() + duration);
+        self.book.forget(&peer);
         let behaviour = self.swarm.behaviour_mut();
         behaviour.gossipsub.blacklist_peer(&peer);
         if let Some(kad) = behaviour.kad.as_mut() {

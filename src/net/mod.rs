@@ -10,7 +10,10 @@
 //!   [`EventLoop::run`] (typically in its own task).
 //!
 //! Protocols: identify, ping, gossipsub (one topic per collection, every
-//! message validated by the application), Kademlia, optional mDNS, the
+//! message validated by the application), Kademlia (peer routing and one
+//! provider record per followed collection, see [`discovery`]), optional
+//! mDNS, AutoNAT, circuit relay (server while reachable, client while not),
+//! DCUtR hole punching and optional UPnP (see [`nat`]), the
 //! `/peermirror/latest/1` request-response protocol for the latest
 //! announcement of a collection, the `/peermirror/chunk/1` stream protocol
 //! for chunk bodies and have-maps, and the `/peermirror/mirrors/1` stream
@@ -28,11 +31,14 @@ mod chunk_protocol;
 mod chunk_server;
 mod chunk_service;
 mod client;
+mod discovery;
 mod event_loop;
 mod ip_limits;
 mod latest_protocol;
 mod limits;
 mod mirrors_protocol;
+mod nat;
+mod peer_book;
 mod rate;
 #[cfg(test)]
 mod tests;
@@ -76,11 +82,14 @@ use crate::manifest::ChunkRef;
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_HAVE_IDS};
 pub use client::Client;
+pub use discovery::provider_key;
 pub use event_loop::EventLoop;
 pub use latest_protocol::MAX_ANNOUNCEMENT_LEN;
 pub use libp2p::{gossipsub::MessageId, Multiaddr, PeerId, Stream};
 pub use limits::{NetLimits, ServerStats};
 pub use mirrors_protocol::PROTOCOL_NAME as MIRRORS_PROTOCOL;
+pub use nat::{NatConfig, PathKind, Reachability, RelayLimits};
+pub use peer_book::{KnownPeer, PeerBook};
 pub use rate::RateLimiter;
 
 /// Capacity of the event channel handed to the application.
@@ -105,6 +114,11 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
     /// What peers may make this node spend.
     pub limits: NetLimits,
+    /// NAT traversal: AutoNAT, relay, UPnP, external addresses.
+    pub nat: NatConfig,
+    /// Peers learned in earlier runs (the saved [`PeerBook`]): the most
+    /// recently seen are dialed at start, and the book goes on from them.
+    pub known_peers: Vec<KnownPeer>,
     /// Whether a gossip payload is low priority (e.g. a progress note): such
     /// messages are handed to the application only while its event queue is
     /// at most half full, and ignored otherwise, so a flood of them cannot
@@ -160,6 +174,23 @@ pub struct PeerInfo {
     pub addrs: Vec<Multiaddr>,
     /// Last measured ping round-trip time.
     pub rtt: Option<Duration>,
+    /// The best path among the open connections (bulk streams use it:
+    /// relayed connections are closed once a direct one exists).
+    pub path: PathKind,
+}
+
+/// What the node knows about its own reachability.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NatStatus {
+    /// AutoNAT's verdict (public when external addresses were configured).
+    pub reachability: Reachability,
+    /// Confirmed external addresses: configured, found by AutoNAT or UPnP,
+    /// or relayed ones while holding a relay slot.
+    pub external_addrs: Vec<Multiaddr>,
+    /// The relay this node holds a slot on, if any.
+    pub relay: Option<PeerId>,
+    /// Peers in the [`PeerBook`].
+    pub known_peers: usize,
 }
 
 /// What the network tells the application.
@@ -267,13 +298,22 @@ pub fn new(
 
     let mut listeners = Vec::with_capacity(cfg.listen.len());
     for addr in &cfg.listen {
-        let id = swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-        listeners.push(id);
+        match swarm.listen_on(addr.clone()) {
+            Ok(id) => listeners.push(id),
+            // Hosts without IPv6 exist: an IPv6 listener is best effort.
+            Err(e) if is_ip6(addr) => {
+                tracing::warn!(%addr, error = %e, "cannot listen on IPv6; going on without it")
+            }
+            Err(e) => {
+                return Err(NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    for addr in &cfg.nat.external_addresses {
+        swarm.add_external_address(addr.clone());
     }
 
     let pool = Arc::new(chunk_service::StreamPool::new(control));
@@ -305,6 +345,16 @@ pub fn new(
         counters,
         limits: cfg.limits,
         low_priority_gossip: cfg.low_priority_gossip,
+        known_peers: cfg.known_peers,
+        external_given: !cfg.nat.external_addresses.is_empty(),
     });
     Ok((client, event_rx, event_loop))
+}
+
+/// Whether `addr` is an IPv6 address.
+fn is_ip6(addr: &Multiaddr) -> bool {
+    matches!(
+        addr.iter().next(),
+        Some(libp2p::multiaddr::Protocol::Ip6(_))
+    )
 }

@@ -66,6 +66,8 @@ fn config(listen: Vec<Multiaddr>, kademlia: bool) -> NetConfig {
         kademlia,
         idle_timeout: Duration::from_secs(60),
         limits: super::NetLimits::default(),
+        nat: NatConfig::default(),
+        known_peers: Vec::new(),
         low_priority_gossip: super::no_low_priority_gossip,
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 
 use super::admission;
-use crate::config::{Config, ConfigError, LimitsSettings};
+use crate::config::{Config, ConfigError, LimitsSettings, NetSettings};
 use crate::http::HttpConfig;
 use crate::keys::CollectionId;
 use crate::net::{self, NetConfig};
@@ -59,6 +59,8 @@ impl NodeConfig {
                 kademlia: cfg.net.kademlia,
                 idle_timeout: cfg.net.idle_timeout(),
                 limits: net_limits(&cfg.limits),
+                nat: nat_config(&cfg.net, addrs(&cfg.net.external_addresses)?),
+                known_peers: Vec::new(),
                 low_priority_gossip: admission::is_have,
             },
             follow,
@@ -97,6 +99,8 @@ impl NodeConfig {
                 kademlia: d.net.kademlia,
                 idle_timeout: d.net.idle_timeout(),
                 limits: net_limits(&d.limits),
+                nat: nat_config(&d.net, Vec::new()),
+                known_peers: Vec::new(),
                 low_priority_gossip: admission::is_have,
             },
             follow,
@@ -105,6 +109,22 @@ impl NodeConfig {
             limits: d.limits,
             http: None,
         }
+    }
+}
+
+/// The NAT part of the `[net]` settings.
+pub fn nat_config(n: &NetSettings, external_addresses: Vec<Multiaddr>) -> net::NatConfig {
+    net::NatConfig {
+        external_addresses,
+        autonat: n.autonat,
+        autonat_private: n.autonat_private,
+        relay: n.relay.then(|| net::RelayLimits {
+            max_reservations: n.relay_max_reservations as usize,
+            max_circuits: n.relay_max_circuits as usize,
+            circuit_bytes: n.relay_circuit_bytes,
+            circuit_duration: Duration::from_secs(n.relay_circuit_secs),
+        }),
+        upnp: n.upnp,
     }
 }
 

@@ -9,7 +9,8 @@
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
 //! a task that dials configured peers again while they are not connected
 //! ([`redial`]); a task that advertises this node as an HTTP mirror and
-//! probes the mirrors it knows ([`mirrors`]); and the control socket
+//! probes the mirrors it knows ([`mirrors`]); one that saves the peers the
+//! network learned ([`known_peers`]); and the control socket
 //! ([`control_server`]). It stops when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
@@ -17,6 +18,7 @@ pub mod admission;
 mod config;
 mod control_server;
 mod follow;
+mod known_peers;
 mod latest;
 mod local;
 mod mirrors;
@@ -221,9 +223,11 @@ impl Node {
         let provider = Arc::new(
             StoreProvider::new(store.clone(), bytes_up.clone()).with_mirrors(mirrors.clone()),
         );
+        let mut net_cfg = cfg.net.clone();
+        net_cfg.known_peers = known_peers::load(&store);
         let (client, events, event_loop) = {
             let _in_span = span.enter();
-            net::new(keypair.clone(), cfg.net.clone(), provider)?
+            net::new(keypair.clone(), net_cfg, provider)?
         };
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
@@ -258,6 +262,7 @@ impl Node {
         )));
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
         tasks.push(inner.spawn(mirrors::run(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(known_peers::run(inner.clone(), rx.clone())));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {
@@ -504,6 +509,10 @@ impl Node {
 
     /// Stops every task and waits for them (at most a few seconds each).
     pub async fn shutdown(&self) {
+        if !self.inner.stopping.load(Ordering::Relaxed) {
+            // While the network still runs: what it learned about peers.
+            known_peers::save(&self.inner).await;
+        }
         self.inner.stopping.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let tasks = std::mem::take(&mut *lock(&self.tasks));

@@ -31,8 +31,10 @@ impl Inner {
                 id: p.peer_id.to_string(),
                 addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                path: p.path.to_string(),
             })
             .collect();
+        let nat = self.client.nat_status().await;
         status.node = Some(NodeInfo {
             peer_id: self.client.local_peer_id().to_string(),
             listen: self
@@ -48,6 +50,10 @@ impl Inner {
                 .map(|f| f.progress.bytes_down.load(Ordering::Relaxed))
                 .sum(),
             peers,
+            reachability: nat.reachability.to_string(),
+            external_addrs: nat.external_addrs.iter().map(|a| a.to_string()).collect(),
+            relay: nat.relay.map(|r| r.to_string()),
+            known_peers: nat.known_peers,
         });
         Ok(status)
     }

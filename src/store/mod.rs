@@ -2,7 +2,8 @@
 //! else in sled.
 //!
 //! Nothing outside this module touches sled or the segment files. sled holds
-//! six trees: `chunks` (id -> [`Loc`]), `segments` (segment -> durable
+//! seven trees: `meta` (small named records of the node, e.g. the peers it
+//! knows), `chunks` (id -> [`Loc`]), `segments` (segment -> durable
 //! length), `manifests` (manifest id -> the chunks of its encoding),
 //! `collections` (collection id -> name, current and newest accepted
 //! version), `versions` (collection id + version -> signed announcement) and
@@ -176,6 +177,7 @@ pub struct Store {
     collections: sled::Tree,
     versions: sled::Tree,
     switches: sled::Tree,
+    meta: sled::Tree,
     segs: Segments,
     /// Manifests that readers are still streaming from; gc keeps them.
     leases: lease::Leases,
@@ -215,6 +217,7 @@ impl Store {
             collections: db.open_tree("collections")?,
             versions: db.open_tree("versions")?,
             switches: db.open_tree("switches")?,
+            meta: db.open_tree("meta")?,
             segment_lens,
             segs,
             leases: lease::Leases::default(),
@@ -229,6 +232,19 @@ impl Store {
     /// The directory this store lives in.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// A named metadata record (e.g. `peers`), if set: state of the node
+    /// that outlives a restart but is not part of any collection.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Sets a named metadata record and flushes it.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key, value)?;
+        self.meta.flush()?;
+        Ok(())
     }
 
     /// Where a chunk's body lives, if it is indexed.
