@@ -106,7 +106,7 @@ impl Behaviour {
             .with_max_pending_incoming(Some(l.max_connections));
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits),
-            ip_limits: ip_limits::Behaviour::new(l.max_connections_per_ip),
+            ip_limits: ip_limits::Behaviour::new(l.max_connections_per_ip, l.max_peers),
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_PROTOCOL.to_string(),
                 key.public(),

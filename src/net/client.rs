@@ -11,8 +11,10 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    chunk_service::StreamPool, limits::Counters, MessageId, NetError, PeerInfo, ServerStats,
-    Verdict,
+    caps::{Caps, CapsStats},
+    chunk_service::StreamPool,
+    limits::Counters,
+    MessageId, NetError, PeerInfo, ServerStats, Verdict,
 };
 use crate::hash::Hash;
 use crate::keys::CollectionId;
@@ -69,6 +71,7 @@ pub struct Client {
     reports: mpsc::UnboundedSender<Report>,
     pool: Arc<StreamPool>,
     counters: Arc<Counters>,
+    caps: Arc<Caps>,
 }
 
 impl Client {
@@ -78,6 +81,7 @@ impl Client {
         reports: mpsc::UnboundedSender<Report>,
         pool: Arc<StreamPool>,
         counters: Arc<Counters>,
+        caps: Arc<Caps>,
     ) -> Self {
         Self {
             local_peer_id,
@@ -85,6 +89,7 @@ impl Client {
             reports,
             pool,
             counters,
+            caps,
         }
     }
 
@@ -168,8 +173,11 @@ impl Client {
 
     /// Fetches chunk `id` from `peer`. The bytes are NOT verified here: the
     /// caller must hash them. [`NetError::NotFound`] if the peer lacks it.
+    /// Returns only once the download cap allows the bytes.
     pub async fn fetch_chunk(&self, peer: PeerId, id: Hash) -> Result<Vec<u8>, NetError> {
-        self.pool.fetch_chunk(peer, id).await
+        let body = self.pool.fetch_chunk(peer, id).await?;
+        self.caps.download(peer, body.len()).await;
+        Ok(body)
     }
 
     /// Fetches the chunk list of an encoded manifest from `peer`
@@ -211,6 +219,17 @@ impl Client {
     /// What this node's serving side holds and has refused so far.
     pub fn server_stats(&self) -> ServerStats {
         self.counters.snapshot()
+    }
+
+    /// The upload and download caps and the current chunk rates.
+    pub fn caps_stats(&self) -> CapsStats {
+        self.caps.stats()
+    }
+
+    /// How many peers sent this node chunk bodies since `since`: the peers
+    /// a download used.
+    pub fn chunk_senders_since(&self, since: std::time::Instant) -> usize {
+        self.caps.senders_since(since)
     }
 
     /// Opens a fresh `/peermirror/chunk/1` stream to `peer`, outside the
