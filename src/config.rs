@@ -216,7 +216,8 @@ pub struct LimitsSettings {
 
 /// A rate in bytes per second, written in settings and flags as a number of
 /// bytes or with a unit (`"10MiB"`, `"500 KB/s"`); `0` or `"unlimited"`
-/// means no limit. Shown as `"10.00 MiB/s"`.
+/// means no limit. Shown exactly, in the largest unit that divides it
+/// (`"10 MiB/s"`, `"1500 kB/s"`, `"1234 B/s"`), so it reads back the same.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ByteRate(pub u64);
 
@@ -240,9 +241,20 @@ impl std::str::FromStr for ByteRate {
 
 impl std::fmt::Display for ByteRate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.get() {
-            None => f.write_str("unlimited"),
-            Some(n) => f.write_str(&crate::human::rate(n as f64)),
+        const UNITS: [(u64, &str); 6] = [
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+            (1_000_000_000, "GB"),
+            (1_000_000, "MB"),
+            (1_000, "kB"),
+        ];
+        let Some(n) = self.get() else {
+            return f.write_str("unlimited");
+        };
+        match UNITS.iter().find(|(u, _)| n % u == 0) {
+            Some((u, name)) => write!(f, "{} {name}/s", n / u),
+            None => write!(f, "{n} B/s"),
         }
     }
 }
@@ -598,7 +610,11 @@ mod tests {
         assert_eq!(s.config.limits.max_peers, 8);
         let shown = s.origin();
         let up = shown.iter().find(|(k, _, _)| k == "limits.upload_rate");
-        assert!(up.unwrap().1.contains("4.00 MiB/s"), "{up:?}");
+        assert!(up.unwrap().1.contains("4 MiB/s"), "{up:?}");
+        for n in [1, 1000, 1024, 1_500_000, 1_234_567, 3 << 30] {
+            let r = ByteRate(n);
+            assert_eq!(r.to_string().parse::<ByteRate>().unwrap(), r, "{r}");
+        }
         // A flag wins, in words too.
         let flags = Layer::new("flags").set("limits.upload_rate", "unlimited");
         let s = load(dir.path(), flags).unwrap();

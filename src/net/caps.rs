@@ -281,15 +281,13 @@ impl<K: Hash + Eq + Clone> Fair<K> {
     fn pump(&mut self, now: Instant) -> Option<Instant> {
         self.refill(now);
         loop {
-            let (&(start, seq), w) = self.queue.first_key_value()?;
+            let (_, w) = self.queue.first_key_value()?;
             let need = self.need(w.n);
             if self.tokens < need {
                 let secs = (need - self.tokens) / self.rate;
                 return Some(now + Duration::from_secs_f64(secs));
             }
-            let Some(w) = self.queue.remove(&(start, seq)) else {
-                return None;
-            };
+            let ((start, _), w) = self.queue.pop_first()?;
             self.vtime = self.vtime.max(start);
             self.tokens -= w.n as f64;
             if w.tx.send(()).is_err() {

@@ -16,6 +16,7 @@ mod config;
 mod control_server;
 mod follow;
 mod latest;
+mod limits_log;
 mod local;
 mod provider;
 mod redial;
@@ -238,6 +239,7 @@ impl Node {
             rx.clone(),
         )));
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(limits_log::run(inner.clone(), rx.clone())));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {

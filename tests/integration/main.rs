@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod caps;
 mod cli;
 mod crash;
 mod daemon;
@@ -14,5 +15,6 @@ mod http_mirror;
 mod limits;
 mod local_safety;
 mod network;
+mod service;
 mod settings;
 mod store_model;
