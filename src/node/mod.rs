@@ -8,7 +8,8 @@
 //! current when complete; a poller that asks every peer for the latest
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
 //! a task that dials configured peers again while they are not connected
-//! ([`redial`]); and the control socket ([`control_server`]). It stops when the shutdown
+//! ([`redial`]); one that logs the limits hit ([`limits_log`]); and the
+//! control socket ([`control_server`]). It stops when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
 pub mod admission;

@@ -153,6 +153,10 @@ async fn a_capped_seeder_stays_within_five_percent_of_its_upload_cap() {
         "the tree outlasts the measurement"
     );
     let _ = v;
+    // And it says so in its log, once a minute at most.
+    seeder
+        .wait_log("limit hit: chunk uploads held back by the upload cap")
+        .await;
     mirror.shutdown().await;
     seeder.shutdown().await;
 }
@@ -250,6 +254,33 @@ async fn two_downloaders_share_the_upload_cap_and_the_idle_share_moves() {
     for n in [ma, mb, seeder] {
         n.shutdown().await;
     }
+}
+
+#[test]
+fn caps_are_flags_and_settings_with_units() {
+    let h = Harness::new();
+    let shown = h.run(&[
+        "config",
+        "--upload-rate",
+        "2MiB",
+        "--download-rate",
+        "1500kB",
+        "--max-peers",
+        "9",
+    ]);
+    for line in [
+        "limits.upload_rate = \"2 MiB/s\"",
+        "limits.download_rate = \"1500 kB/s\"",
+        "limits.max_peers = 9",
+    ] {
+        let row = shown.lines().find(|l| l.starts_with(line));
+        assert!(
+            row.is_some_and(|r| r.ends_with("# command line")),
+            "{line} in\n{shown}"
+        );
+    }
+    let e = h.fail(&["config", "--upload-rate", "fast"]);
+    assert!(e.contains("not a size"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

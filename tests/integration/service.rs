@@ -194,7 +194,9 @@ fn run_logs_a_sync_for_people_by_default_as_json_when_asked_and_not_at_all_with_
         args.extend_from_slice(extra);
         (Service::start(&h, name, Some(&data), &args, &[]), data)
     };
-    let (mut text, _) = start("text", &[]);
+    // The text mirror also has a peer that is never there (loopback's
+    // discard port, closed).
+    let (mut text, _) = start("text", &["--peer", "/ip4/127.0.0.1/tcp/9"]);
     let (mut json, _) = start("json", &["--log-format", "json"]);
     let (mut quiet, quiet_data) = start("quiet", &["-q"]);
 
@@ -231,6 +233,15 @@ fn run_logs_a_sync_for_people_by_default_as_json_when_asked_and_not_at_all_with_
     );
     assert!(!log.contains("DEBUG"), "{log}");
     assert!(!log.contains('\u{1b}'), "no colour off a terminal:\n{log}");
+    // The missing peer: said once, not at every retry (after 1, 3, 7 s).
+    text.wait_log("cannot reach a configured peer");
+    std::thread::sleep(Duration::from_secs(5));
+    let log = text.log();
+    assert_eq!(
+        log.matches("cannot reach a configured peer").count(),
+        1,
+        "{log}"
+    );
 
     // JSON: every line an object, the same events.
     let log = json.wait_log("version is current");
@@ -248,13 +259,24 @@ fn run_logs_a_sync_for_people_by_default_as_json_when_asked_and_not_at_all_with_
 
     // -q: warnings only, so a sync says nothing; it did sync.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !h
-        .cli_at(&quiet_data)
-        .run(&["status"])
-        .contains("current: version 1")
-    {
+    let status = loop {
+        let s = h.cli_at(&quiet_data).run(&["status"]);
+        if s.contains("current: version 1") {
+            break s;
+        }
         assert!(Instant::now() < deadline, "the quiet mirror never synced");
         std::thread::sleep(Duration::from_millis(100));
+    };
+    // Dates for people, when the announcement expires, the caps.
+    for part in [
+        "published 20",
+        "Z (now)",
+        "announcement expires 20",
+        " days)",
+        "(cap unlimited)",
+        "(max no limit)",
+    ] {
+        assert!(status.contains(part), "{part:?} in\n{status}");
     }
     quiet.stop();
     let log = quiet.log();
