@@ -59,6 +59,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+pub use crate::human::ByteRate;
+
 /// Every setting of a node.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -212,81 +214,6 @@ pub struct LimitsSettings {
     /// `max_connections` bounds them). A peer may hold several connections
     /// (TCP and QUIC, each direction), so this is the count volunteers think in.
     pub max_peers: u32,
-}
-
-/// A rate in bytes per second, written in settings and flags as a number of
-/// bytes or with a unit (`"10MiB"`, `"500 KB/s"`); `0` or `"unlimited"`
-/// means no limit. Shown exactly, in the largest unit that divides it
-/// (`"10 MiB/s"`, `"1500 kB/s"`, `"1234 B/s"`), so it reads back the same.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ByteRate(pub u64);
-
-impl ByteRate {
-    /// Bytes per second, or `None` when unlimited.
-    pub fn get(self) -> Option<u64> {
-        (self.0 > 0).then_some(self.0)
-    }
-}
-
-impl std::str::FromStr for ByteRate {
-    type Err = crate::human::BadSize;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "unlimited" | "none" | "off" => Ok(ByteRate(0)),
-            _ => crate::human::parse_bytes(s).map(ByteRate),
-        }
-    }
-}
-
-impl std::fmt::Display for ByteRate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const UNITS: [(u64, &str); 6] = [
-            (1 << 30, "GiB"),
-            (1 << 20, "MiB"),
-            (1 << 10, "KiB"),
-            (1_000_000_000, "GB"),
-            (1_000_000, "MB"),
-            (1_000, "kB"),
-        ];
-        let Some(n) = self.get() else {
-            return f.write_str("unlimited");
-        };
-        match UNITS.iter().find(|(u, _)| n % u == 0) {
-            Some((u, name)) => write!(f, "{} {name}/s", n / u),
-            None => write!(f, "{n} B/s"),
-        }
-    }
-}
-
-impl Serialize for ByteRate {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteRate {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = ByteRate;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes per second, e.g. 10485760 or \"10MiB\" or \"unlimited\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteRate, E> {
-                Ok(ByteRate(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteRate, E> {
-                u64::try_from(v)
-                    .map(ByteRate)
-                    .map_err(|_| E::custom("a rate cannot be negative"))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteRate, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 impl Default for LimitsSettings {
