@@ -50,9 +50,13 @@
 //! latest_timeout_secs = 10
 //! have_notes_per_sec = 10
 //! ban_secs = 600
+//! upload_rate = "unlimited"    # chunk bytes sent per second, e.g. "2MiB"
+//! download_rate = "unlimited"  # chunk bytes received per second
+//! max_peers = 0                # distinct peers connected at once (0: no limit)
 //!
 //! [log]
-//! level = "warn"
+//! level = "warn,libp2p_kad=error"   # `run`: "warn,peermirror=info,libp2p_kad=error"
+//! format = "text"                   # or "json"
 //! ```
 //!
 //! The file is `DATA/config.toml` unless `--config FILE` (or
@@ -69,6 +73,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
+
+pub use crate::human::ByteRate;
 
 /// Every setting of a node.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -267,6 +273,17 @@ pub struct LimitsSettings {
     /// downloads (wrong bytes, false have-maps or chunk lists, stalls)
     /// reach the ban threshold. Default 600 (see docs/security/download.md).
     pub ban_secs: u64,
+    /// Chunk bytes sent to peers per second, all peers together (default
+    /// unlimited): what a volunteer donates. Peers downloading at once
+    /// share it equally; a share one leaves idle goes to the others.
+    pub upload_rate: ByteRate,
+    /// Chunk bytes taken from peers per second, all downloads together
+    /// (default unlimited), so a mirror leaves room on its owner's link.
+    pub download_rate: ByteRate,
+    /// Distinct peers connected at once (0, the default: only
+    /// `max_connections` bounds them). A peer may hold several connections
+    /// (TCP and QUIC, each direction), so this is the count volunteers think in.
+    pub max_peers: u32,
 }
 
 impl Default for LimitsSettings {
@@ -286,6 +303,9 @@ impl Default for LimitsSettings {
             latest_timeout_secs: 10,
             have_notes_per_sec: 10,
             ban_secs: 600,
+            upload_rate: ByteRate(0),
+            download_rate: ByteRate(0),
+            max_peers: 0,
         }
     }
 }
@@ -294,15 +314,35 @@ impl Default for LimitsSettings {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// A tracing filter (`warn`, `peermirror=debug`, ...); `RUST_LOG` wins.
+    /// A tracing filter (`warn`, `peermirror=debug`, ...); `RUST_LOG` wins,
+    /// and `-v`/`-q` move every level in it up or down a step.
     pub level: String,
+    /// `text` (for people) or `json` (one object a line, for collectors).
+    pub format: LogFormat,
 }
+
+/// The shape of log lines.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event for people; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for journald exporters and log collectors.
+    Json,
+}
+
+/// The log filter `run` uses unless told otherwise: its own events at info
+/// (versions accepted, fetched, made current; unreachable peers; limits
+/// hit), everyone else's at warn.
+pub const RUN_LOG_LEVEL: &str = "warn,peermirror=info,libp2p_kad=error";
 
 impl Default for LogSettings {
     fn default() -> Self {
         // Quiet by default; kad's "no known peers" is routine for a first node.
         LogSettings {
             level: "warn,libp2p_kad=error".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -551,5 +591,37 @@ mod tests {
         let missing = dir.path().join("none.toml");
         let e = Settings::load(dir.path(), Some(&missing), Layer::new("d"), Layer::new("f"));
         assert!(matches!(e, Err(ConfigError::Read(..))));
+    }
+
+    #[test]
+    fn rates_take_units_and_show_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            default_file(dir.path()),
+            "[limits]\nupload_rate = \"4MiB\"\ndownload_rate = 1000\nmax_peers = 8\n",
+        )
+        .unwrap();
+        let s = load(dir.path(), Layer::new("flags")).unwrap();
+        assert_eq!(s.config.limits.upload_rate, ByteRate(4 << 20));
+        assert_eq!(s.config.limits.download_rate, ByteRate(1000));
+        assert_eq!(s.config.limits.max_peers, 8);
+        let shown = s.origin();
+        let up = shown.iter().find(|(k, _, _)| k == "limits.upload_rate");
+        assert!(up.unwrap().1.contains("4 MiB/s"), "{up:?}");
+        for n in [1, 1000, 1024, 1_500_000, 1_234_567, 3 << 30] {
+            let r = ByteRate(n);
+            assert_eq!(r.to_string().parse::<ByteRate>().unwrap(), r, "{r}");
+        }
+        // A flag wins, in words too.
+        let flags = Layer::new("flags").set("limits.upload_rate", "unlimited");
+        let s = load(dir.path(), flags).unwrap();
+        assert_eq!(s.config.limits.upload_rate.get(), None);
+        std::fs::write(
+            default_file(dir.path()),
+            "[limits]\nupload_rate = \"fast\"\n",
+        )
+        .unwrap();
+        let e = load(dir.path(), Layer::new("flags")).err().unwrap();
+        assert!(e.to_string().contains("not a size"), "{e}");
     }
 }

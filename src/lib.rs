@@ -24,6 +24,7 @@
 //! - [`config`]: every setting and default, read in layers (flag > env > file > default).
 //! - [`demo`]: sample trees and tree comparison for the demo and tests.
 //! - [`task`]: blocking work off the async threads; poison-tolerant locks.
+//! - [`human`]: sizes, rates, dates and durations as people read them (CLI and logs).
 #![deny(missing_docs)]
 
 pub mod announce;
@@ -34,6 +35,7 @@ pub mod demo;
 pub mod gossip;
 pub mod hash;
 pub mod http;
+pub mod human;
 pub mod keys;
 pub mod manifest;
 pub mod mirrors;

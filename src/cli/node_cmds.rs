@@ -48,6 +48,15 @@ pub struct NetArgs {
     /// This mirror's region or country label (e.g. DE), matched with clients'.
     #[arg(long, value_name = "LABEL")]
     pub region: Option<String>,
+    /// Chunk bytes sent to peers per second at most, e.g. 2MiB (limits.upload_rate).
+    #[arg(long, value_name = "RATE")]
+    pub upload_rate: Option<peermirror::config::ByteRate>,
+    /// Chunk bytes taken from peers per second at most, e.g. 10MiB (limits.download_rate).
+    #[arg(long, value_name = "RATE")]
+    pub download_rate: Option<peermirror::config::ByteRate>,
+    /// Distinct peers connected at once at most (limits.max_peers; 0: no limit).
+    #[arg(long, value_name = "N")]
+    pub max_peers: Option<u32>,
 }
 
 /// The settings of a node command: flags on top of the environment, the
@@ -67,6 +76,8 @@ pub fn settings_for(
     });
     if one_shot {
         defaults = defaults.set("net.listen", ["/ip4/127.0.0.1/tcp/0"]);
+    } else {
+        defaults = defaults.set("log.level", super::log::RUN_LOG_LEVEL);
     }
     let mut flags = Layer::new("command line");
     if !args.listen.is_empty() {
@@ -95,6 +106,15 @@ pub fn settings_for(
     }
     if let Some(r) = &args.region {
         flags = flags.set("http.region", r);
+    }
+    if let Some(r) = args.upload_rate {
+        flags = flags.set("limits.upload_rate", r);
+    }
+    if let Some(r) = args.download_rate {
+        flags = flags.set("limits.download_rate", r);
+    }
+    if let Some(n) = args.max_peers {
+        flags = flags.set("limits.max_peers", n);
     }
     let mut s = super::settings(file, data, defaults, flags)?;
     // Collections named on the command line add to those of the file.
@@ -145,8 +165,11 @@ pub fn run(file: Option<&Path>, data: &Path, args: &NetArgs, follow: &[String]) 
         }
         use std::io::Write;
         std::io::stdout().flush().ok();
+        // Listening, control socket up: ready for systemd (Type=notify).
+        super::service::ready(&node).await;
         node.stop_requested().await;
-        eprintln!("shutting down");
+        super::service::stopping();
+        tracing::info!("shutting down");
         node.shutdown().await;
         Ok(())
     })

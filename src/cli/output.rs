@@ -6,13 +6,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use peermirror::announce::Freshness;
 use peermirror::config::Settings;
+use peermirror::control::status::CapsStatus;
 use peermirror::control::Status;
+use peermirror::human;
 use peermirror::publish::PublishReport;
 use peermirror::store::{ExportReport, GcReport, VerifyReport};
 
-/// `1.5 GiB`-style sizes.
+/// `1.50 GiB`-style sizes.
 pub fn bytes(n: u64) -> String {
-    indicatif::BinaryBytes(n).to_string()
+    human::bytes(n)
 }
 
 /// A byte progress bar on stderr, hidden when stderr is not a terminal.
@@ -106,6 +108,7 @@ pub fn status(s: &Status) {
             bytes(n.bytes_up),
             bytes(n.bytes_down)
         );
+        caps(&n.caps, n.peers.len());
     }
     if s.collections.is_empty() {
         println!("no collections in {}", s.data);
@@ -113,23 +116,35 @@ pub fn status(s: &Status) {
     for c in &s.collections {
         println!("{} ({})", c.name, c.id);
         match &c.current {
-            Some(v) => println!(
-                "  current: version {} ({} files, {}, published {})",
-                v.version,
-                v.files,
-                bytes(v.bytes),
-                v.published_at
-            ),
+            Some(v) => {
+                println!(
+                    "  current: version {} ({} files, {}, published {})",
+                    v.version,
+                    v.files,
+                    bytes(v.bytes),
+                    human::date_and_relative(v.published_at)
+                );
+                // (An expiring or expired one is warned about below.)
+                let warned = matches!(c.freshness, Some(Freshness::Expiring | Freshness::Expired));
+                if v.expires_at > 0 && !warned {
+                    println!(
+                        "  announcement expires {}",
+                        human::date_and_relative(v.expires_at)
+                    );
+                }
+            }
             None => println!("  current: none"),
         }
         match (c.freshness, c.expires_at) {
             (Some(Freshness::Expired), Some(t)) => println!(
-                "  EXPIRED: the newest announcement expired at {t}; \
-                 peers ignore it until the master publishes again"
+                "  EXPIRED: the newest announcement expired {}; \
+                 peers ignore it until the master publishes again",
+                human::date_and_relative(t)
             ),
-            (Some(Freshness::Expiring), Some(t)) => {
-                println!("  expiring: the newest announcement expires at {t}")
-            }
+            (Some(Freshness::Expiring), Some(t)) => println!(
+                "  expiring: the newest announcement expires {}",
+                human::date_and_relative(t)
+            ),
             _ => {}
         }
         match c.in_progress {
@@ -182,6 +197,29 @@ fn reachability(r: &str) -> String {
         "" | "unknown" => "unknown (not tested yet)".into(),
         other => other.into(),
     }
+}
+
+/// The volunteer caps line: each cap and what moves now.
+fn caps(c: &CapsStatus, peers: usize) {
+    let cap = |n: u64| {
+        if n == 0 {
+            "unlimited".to_string()
+        } else {
+            human::rate(n as f64)
+        }
+    };
+    let max_peers = if c.max_peers == 0 {
+        "no limit".to_string()
+    } else {
+        c.max_peers.to_string()
+    };
+    println!(
+        "  upload {} (cap {}), download {} (cap {}), peers {peers} (max {max_peers})",
+        human::rate(c.upload_rate),
+        cap(c.upload_cap),
+        human::rate(c.download_rate),
+        cap(c.download_cap),
+    );
 }
 
 /// `config`: every setting, its value and where it came from.

@@ -43,6 +43,25 @@ pub struct NodeInfo {
     /// Peers remembered from earlier connections (saved across restarts).
     #[serde(default)]
     pub known_peers: usize,
+    /// The volunteer caps and the chunk rates right now.
+    #[serde(default)]
+    pub caps: CapsStatus,
+}
+
+/// What a node donates ([`crate::config::LimitsSettings`]) and what it is
+/// moving now, so an operator sees whether the caps are what limits it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CapsStatus {
+    /// Chunk bytes per second sent to peers at most (0: unlimited).
+    pub upload_cap: u64,
+    /// Chunk bytes per second taken from peers at most (0: unlimited).
+    pub download_cap: u64,
+    /// Distinct peers connected at most (0: only the connection limit).
+    pub max_peers: u32,
+    /// Chunk bytes per second sent over the last few seconds.
+    pub upload_rate: f64,
+    /// Chunk bytes per second received over the last few seconds.
+    pub download_rate: f64,
 }
 
 /// Store totals.

@@ -147,7 +147,7 @@ impl Behaviour {
             .with_max_pending_incoming(Some(l.max_connections));
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits),
-            ip_limits: ip_limits::Behaviour::new(l.max_connections_per_ip),
+            ip_limits: ip_limits::Behaviour::new(l.max_connections_per_ip, l.max_peers),
             // Listen address updates are pushed, so peers learn a relayed
             // address as soon as the reservation is made.
             identify: identify::Behaviour::new(

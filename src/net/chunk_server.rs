@@ -24,6 +24,7 @@ use libp2p_stream::IncomingStreams;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use super::caps::Caps;
 use super::chunk_protocol::{self, Request, RequestHead, Response, MAX_CHUNK_LEN};
 use super::limits::{Counters, Held, NetLimits};
 use super::rate::RateLimiter;
@@ -62,6 +63,7 @@ pub(crate) struct Server {
     peers: Mutex<HashMap<PeerId, PeerEntry>>,
     rate: Mutex<RateLimiter<PeerId>>,
     counters: Arc<Counters>,
+    caps: Arc<Caps>,
 }
 
 /// A stream slot: returns the peer's and the global count on drop.
@@ -97,6 +99,7 @@ impl Server {
         provider: Arc<dyn ChunkProvider>,
         limits: NetLimits,
         counters: Arc<Counters>,
+        caps: Arc<Caps>,
     ) -> Arc<Self> {
         let per_sec = limits.chunk_requests_per_sec;
         Arc::new(Server {
@@ -106,6 +109,7 @@ impl Server {
             peers: Mutex::new(HashMap::new()),
             rate: Mutex::new(RateLimiter::new(per_sec, per_sec.saturating_mul(2))),
             counters,
+            caps,
             limits,
         })
     }
@@ -259,6 +263,10 @@ async fn serve_one(
     drop(mine.split(mine.num_permits().saturating_sub(keep)));
     drop(all.split(all.num_permits().saturating_sub(keep)));
     let held = Held::new(&server.counters, size);
+    if let Response::Found(body) = &resp {
+        // The upload cap: outside the send timeout, which is for the peer.
+        server.caps.upload(peer, body.len()).await;
+    }
     let sent = tokio::time::timeout(
         limits.send_timeout,
         chunk_protocol::write_response(stream, &resp),

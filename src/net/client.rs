@@ -11,8 +11,10 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    chunk_service::StreamPool, limits::Counters, KnownPeer, MessageId, NatStatus, NetError,
-    PeerInfo, ServerStats, Verdict,
+    caps::{Caps, CapsStats},
+    chunk_service::StreamPool,
+    limits::Counters,
+    KnownPeer, MessageId, NatStatus, NetError, PeerInfo, ServerStats, Verdict,
 };
 use crate::hash::Hash;
 use crate::keys::CollectionId;
@@ -77,6 +79,7 @@ pub struct Client {
     counters: Arc<Counters>,
     /// Opens `/peermirror/mirrors/1` streams.
     mirrors: libp2p_stream::Control,
+    caps: Arc<Caps>,
 }
 
 impl Client {
@@ -87,6 +90,7 @@ impl Client {
         pool: Arc<StreamPool>,
         counters: Arc<Counters>,
         mirrors: libp2p_stream::Control,
+        caps: Arc<Caps>,
     ) -> Self {
         Self {
             local_peer_id,
@@ -95,6 +99,7 @@ impl Client {
             pool,
             counters,
             mirrors,
+            caps,
         }
     }
 
@@ -188,8 +193,11 @@ impl Client {
 
     /// Fetches chunk `id` from `peer`. The bytes are NOT verified here: the
     /// caller must hash them. [`NetError::NotFound`] if the peer lacks it.
+    /// Returns only once the download cap allows the bytes.
     pub async fn fetch_chunk(&self, peer: PeerId, id: Hash) -> Result<Vec<u8>, NetError> {
-        self.pool.fetch_chunk(peer, id).await
+        let body = self.pool.fetch_chunk(peer, id).await?;
+        self.caps.download(peer, body.len()).await;
+        Ok(body)
     }
 
     /// Fetches the chunk list of an encoded manifest from `peer`
@@ -247,6 +255,17 @@ impl Client {
     /// What this node's serving side holds and has refused so far.
     pub fn server_stats(&self) -> ServerStats {
         self.counters.snapshot()
+    }
+
+    /// The upload and download caps and the current chunk rates.
+    pub fn caps_stats(&self) -> CapsStats {
+        self.caps.stats()
+    }
+
+    /// How many peers sent this node chunk bodies since `since`: the peers
+    /// a download used.
+    pub fn chunk_senders_since(&self, since: std::time::Instant) -> usize {
+        self.caps.senders_since(since)
     }
 
     /// Opens a fresh `/peermirror/chunk/1` stream to `peer`, outside the

@@ -27,6 +27,7 @@
 
 mod addr_filter;
 mod behaviour;
+mod caps;
 mod chunk_protocol;
 mod chunk_server;
 mod chunk_service;
@@ -80,6 +81,7 @@ use crate::keys::CollectionId;
 use crate::manifest::ChunkRef;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+pub use caps::CapsStats;
 pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_HAVE_IDS};
 pub use client::Client;
 pub use discovery::provider_key;
@@ -318,7 +320,17 @@ pub fn new(
 
     let pool = Arc::new(chunk_service::StreamPool::new(control));
     let counters = Arc::new(limits::Counters::default());
-    let server = chunk_server::Server::new(provider.clone(), cfg.limits.clone(), counters.clone());
+    let caps = Arc::new(caps::Caps::new(
+        cfg.limits.upload_rate,
+        cfg.limits.download_rate,
+        cfg.limits.max_peers,
+    ));
+    let server = chunk_server::Server::new(
+        provider.clone(),
+        cfg.limits.clone(),
+        counters.clone(),
+        caps.clone(),
+    );
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
@@ -330,6 +342,7 @@ pub fn new(
         pool.clone(),
         counters.clone(),
         mirrors_control,
+        caps,
     );
     let event_loop = EventLoop::new(event_loop::Parts {
         swarm,

@@ -30,7 +30,7 @@ pub enum Admission {
 }
 
 /// What was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
     /// A newer announcement, now recorded as accepted.
     Announcement {
@@ -38,6 +38,10 @@ pub enum Accepted {
         collection: CollectionId,
         /// Its version.
         version: u64,
+        /// The collection's name, for the log.
+        name: String,
+        /// Bytes of the version's files, for the log.
+        bytes: u64,
     },
     /// A note that a peer holds a version: a hint to refresh have-maps.
     Have {
@@ -56,10 +60,10 @@ pub enum Accepted {
 impl Accepted {
     /// The collection it concerns.
     pub fn collection(&self) -> CollectionId {
-        match *self {
+        match self {
             Accepted::Announcement { collection, .. }
             | Accepted::Have { collection }
-            | Accepted::MirrorRecord { collection, .. } => collection,
+            | Accepted::MirrorRecord { collection, .. } => *collection,
         }
     }
 }
@@ -349,6 +353,8 @@ pub(crate) fn announcement(
         Ok(Recorded::New) => Admission::Accept(Accepted::Announcement {
             collection: c,
             version: a.body.version,
+            name: a.body.name.clone(),
+            bytes: a.body.total_bytes,
         }),
         Ok(Recorded::NotNewer { accepted }) => Admission::Ignore(Reason::NotNewer {
             version: a.body.version,

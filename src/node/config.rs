@@ -143,5 +143,8 @@ pub fn net_limits(l: &LimitsSettings) -> net::NetLimits {
         latest_requests_per_sec: l.latest_requests_per_sec,
         latest_in_flight: l.latest_in_flight as usize,
         latest_timeout: Duration::from_secs(l.latest_timeout_secs),
+        upload_rate: l.upload_rate.0,
+        download_rate: l.download_rate.0,
+        max_peers: l.max_peers,
     }
 }

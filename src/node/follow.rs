@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::{lock, space, Inner};
 use crate::gossip::GossipMessage;
+use crate::human;
 use crate::keys::CollectionId;
 use crate::store::StoreError;
 use crate::sync::{self, Progress, SyncError};
@@ -137,7 +138,9 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         me.in_progress.store(0, Ordering::Relaxed);
         return Ok(false);
     }
-    tracing::info!(collection = %c, version = v, "fetching version");
+    let name = target.body.name.clone();
+    let started = std::time::Instant::now();
+    let down_before = me.progress.bytes_down.load(Ordering::Relaxed);
     let m = sync::fetch_manifest(
         &inner.client,
         &inner.store,
@@ -161,6 +164,13 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     me.progress
         .done_bytes
         .store(total.saturating_sub(lacking), Ordering::Relaxed);
+    tracing::info!(
+        collection = %name,
+        version = v,
+        size = %human::bytes(total),
+        missing = %human::bytes(lacking),
+        "fetching version"
+    );
     sync::fetch_chunks(
         &inner.client,
         &inner.store,
@@ -170,6 +180,21 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         &inner.reputation,
     )
     .await?;
+    let took = started.elapsed();
+    let got = me
+        .progress
+        .bytes_down
+        .load(Ordering::Relaxed)
+        .saturating_sub(down_before);
+    tracing::info!(
+        collection = %name,
+        version = v,
+        size = %human::bytes(got),
+        time = %human::duration(took),
+        peers = inner.client.chunk_senders_since(started),
+        rate = %human::rate(got as f64 / took.as_secs_f64().max(1e-3)),
+        "fetched version"
+    );
     let s = inner.store.clone();
     let keep = inner.keep;
     blocking::<_, StoreError>("making the version current", move || {
@@ -179,7 +204,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     })
     .await?;
     me.in_progress.store(0, Ordering::Relaxed);
-    tracing::info!(collection = %c, version = v, "version is current");
+    tracing::info!(collection = %name, version = v, "version is current");
     let note = GossipMessage::Have {
         version: v,
         holder: inner.client.local_peer_id().to_bytes(),

@@ -10,8 +10,9 @@
 //! a task that dials configured peers again while they are not connected
 //! ([`redial`]); a task that advertises this node as an HTTP mirror and
 //! probes the mirrors it knows ([`mirrors`]); one that saves the peers the
-//! network learned ([`known_peers`]); and the control socket
-//! ([`control_server`]). It stops when the shutdown
+//! network learned ([`known_peers`]); one that logs the limits hit
+//! ([`limits_log`]); and the control socket ([`control_server`]). It stops
+//! when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
 pub mod admission;
@@ -20,6 +21,7 @@ mod control_server;
 mod follow;
 mod known_peers;
 mod latest;
+mod limits_log;
 mod local;
 mod mirrors;
 mod provider;
@@ -263,6 +265,7 @@ impl Node {
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
         tasks.push(inner.spawn(mirrors::run(inner.clone(), rx.clone())));
         tasks.push(inner.spawn(known_peers::run(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(limits_log::run(inner.clone(), rx.clone())));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{blocking, local, lock, Inner, NodeError};
-use crate::control::status::{NodeInfo, PeerStatus, Status};
+use crate::control::status::{CapsStatus, NodeInfo, PeerStatus, Status};
 
 impl Inner {
     /// A snapshot of the store's and the node's state.
@@ -54,6 +54,16 @@ impl Inner {
             external_addrs: nat.external_addrs.iter().map(|a| a.to_string()).collect(),
             relay: nat.relay.map(|r| r.to_string()),
             known_peers: nat.known_peers,
+            caps: {
+                let c = self.client.caps_stats();
+                CapsStatus {
+                    upload_cap: c.upload_cap.unwrap_or(0),
+                    download_cap: c.download_cap.unwrap_or(0),
+                    max_peers: c.max_peers.unwrap_or(0),
+                    upload_rate: c.upload_rate,
+                    download_rate: c.download_rate,
+                }
+            },
         });
         Ok(status)
     }

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod caps;
 mod cli;
 mod crash;
 mod daemon;
@@ -17,5 +18,6 @@ mod local_safety;
 mod nat;
 mod network;
 mod redirect;
+mod service;
 mod settings;
 mod store_model;
