@@ -16,3 +16,4 @@ mod local_safety;
 mod network;
 mod settings;
 mod store_model;
+mod swarm;
