@@ -21,3 +21,4 @@ mod redirect;
 mod service;
 mod settings;
 mod store_model;
+mod swarm;
