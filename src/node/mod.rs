@@ -4,13 +4,15 @@
 //! [`Node::start`] opens the store, builds the libp2p swarm (see
 //! [`crate::net`]) and spawns: the swarm's event loop; a task that admits
 //! gossip ([`admission`]) and greets newly connected peers; one follower per
-//! collection ([`follow`]), which fetches each newer version and makes it
-//! current when complete; a poller that asks every peer for the latest
+//! followed collection ([`follow`]; the followed set is recorded in the
+//! store, see [`crate::store::Interest`]), which fetches each newer version
+//! (of the paths it mirrors) and makes it current when complete; a poller that asks every peer for the latest
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
 //! a task that dials configured peers again while they are not connected
 //! ([`redial`]); and the control socket ([`control_server`]). It stops when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
+mod addrs;
 pub mod admission;
 mod config;
 mod control_server;
@@ -46,7 +48,7 @@ use crate::publish::{PublishError, PublishOptions, PublishReport};
 use crate::store::{Store, StoreError};
 pub(crate) use crate::task::{blocking, lock};
 pub use admission::Admission;
-pub use config::{net_limits, NodeConfig};
+pub use config::{net_limits, FollowSpec, NodeConfig};
 use follow::Follower;
 pub use local::LocalStore;
 pub use provider::StoreProvider;
@@ -201,12 +203,25 @@ impl Node {
             .instrument(span.clone())
             .await?;
         let store = Arc::new(store);
+        // The followed set: recorded in the store, plus what this run names.
+        let (s, specs) = (store.clone(), cfg.follow.clone());
+        let (follow, recorded_peers) = blocking("reading the followed set", move || {
+            apply_follows(&s, &specs)
+        })
+        .instrument(span.clone())
+        .await?;
+        let mut net_cfg = cfg.net.clone();
+        for p in recorded_peers {
+            if !net_cfg.bootstrap.contains(&p) {
+                net_cfg.bootstrap.push(p);
+            }
+        }
         let keypair = node_key(&cfg.data.join("node.key"))?;
         let bytes_up = Arc::new(AtomicU64::new(0));
         let provider = Arc::new(StoreProvider::new(store.clone(), bytes_up.clone()));
         let (client, events, event_loop) = {
             let _in_span = span.enter();
-            net::new(keypair, cfg.net.clone(), provider)?
+            net::new(keypair, net_cfg.clone(), provider)?
         };
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
@@ -234,7 +249,7 @@ impl Node {
         tasks.push(inner.spawn(latest::poll(inner.clone(), rx.clone())));
         tasks.push(inner.spawn(redial::run(
             inner.clone(),
-            cfg.net.bootstrap.clone(),
+            net_cfg.bootstrap.clone(),
             rx.clone(),
         )));
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
@@ -286,12 +301,9 @@ impl Node {
             shutdown: tx,
             tasks: Mutex::new(tasks),
         });
-        let mut follow = cfg.follow.clone();
-        let s = inner.store.clone();
-        let held = blocking("listing collections", move || s.collections()).await?;
-        follow.extend(held.iter().map(|c| c.id));
+        // Only what is followed: a collection merely held is served, not followed.
         for c in follow {
-            node.follow(c).await?;
+            node.start_follower(c).await?;
         }
         if cfg.control {
             let t = control_server::serve(node.clone(), rx).map_err(NodeError::Control)?;
@@ -330,8 +342,46 @@ impl Node {
         self.inner.client.listen_addrs().await
     }
 
-    /// Follows a collection: subscribes to its topic and fetches each new version.
+    /// Follows a collection, and records it in the followed set (later
+    /// starts follow it too): subscribes to its topic and fetches each new
+    /// version.
     pub async fn follow(&self, c: CollectionId) -> Result<(), NodeError> {
+        let s = self.inner.store.clone();
+        blocking("recording a followed collection", move || {
+            s.mark_followed(&c)
+        })
+        .await?;
+        self.start_follower(c).await
+    }
+
+    /// Stops following `c` (its follower stops, its topic is left) and
+    /// records it as unfollowed, so the next gc drops its versions.
+    pub async fn unfollow(&self, c: CollectionId) -> Result<(), CommandError> {
+        let s = self.inner.store.clone();
+        blocking("recording an unfollowed collection", move || {
+            local::unfollow(&s, &c.to_string()).map_err(|e| CommandError::from_error(&*e))
+        })
+        .await?;
+        self.stop_follower(c).await;
+        Ok(())
+    }
+
+    /// Stops `c`'s follower, if it runs, and leaves its topic.
+    async fn stop_follower(&self, c: CollectionId) {
+        let Some(f) = lock(&self.inner.followers).remove(&c) else {
+            return;
+        };
+        f.stopped.store(true, Ordering::Relaxed);
+        f.wake.notify_one();
+        if let Err(e) = self.inner.client.unsubscribe(c).await {
+            tracing::debug!(collection = %c, error = %e, "could not leave the topic");
+        }
+        tracing::info!(collection = %c, "no longer followed");
+    }
+
+    /// Starts following `c` for this run: subscribes to its topic and
+    /// fetches each new version.
+    async fn start_follower(&self, c: CollectionId) -> Result<(), NodeError> {
         let new = match lock(&self.inner.followers).entry(c) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -361,6 +411,43 @@ impl Node {
     pub async fn call(&self, req: Request) -> Result<Response, CommandError> {
         match req {
             Request::Status => Ok(Response::Status(Box::new(self.status().await?))),
+            Request::Ticket {
+                collection,
+                addrs,
+                only,
+                ..
+            } => {
+                // The addresses the node has: confirmed external ones first.
+                let mut own = self.inner.client.external_addrs().await;
+                own.extend(self.inner.client.listen_addrs().await);
+                let store = self.inner.store.clone();
+                let r = blocking("making a ticket", move || {
+                    local::ticket(&store, &collection, &addrs, &only, &own)
+                        .map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                Ok(Response::Ticket(r))
+            }
+            Request::Unfollow { collection } => {
+                let store = self.inner.store.clone();
+                let r = blocking("unfollowing", move || {
+                    local::unfollow(&store, &collection).map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                if let Ok(c) = r.collection.parse() {
+                    self.stop_follower(c).await;
+                }
+                Ok(Response::Unfollowed(r))
+            }
+            Request::Follow { target, only } => {
+                let store = self.inner.store.clone();
+                let r = blocking("following", move || {
+                    local::follow(&store, &target, only).map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                self.followed(&r).await?;
+                Ok(Response::Followed(r))
+            }
             req => {
                 let publishing = matches!(req, Request::Publish { .. });
                 let store = self.inner.store.clone();
@@ -377,6 +464,28 @@ impl Node {
                 Ok(resp)
             }
         }
+    }
+
+    /// After `follow` was recorded: starts the follower, has it fetch what
+    /// its (possibly changed) paths now need, and dials the ticket's peers.
+    async fn followed(&self, r: &crate::control::FollowReport) -> Result<(), NodeError> {
+        let Ok(c) = r.collection.parse::<CollectionId>() else {
+            return Ok(());
+        };
+        self.start_follower(c).await?;
+        if let Some(f) = lock(&self.inner.followers).get(&c) {
+            f.repair.store(true, Ordering::Relaxed);
+            f.wake.notify_one();
+        }
+        for p in r.peers.iter().filter_map(|p| p.parse::<Multiaddr>().ok()) {
+            let client = self.inner.client.clone();
+            self.inner.spawn(async move {
+                if let Err(e) = client.dial(p.clone()).await {
+                    tracing::info!(addr = %p, error = %e, "a peer from the ticket cannot be reached");
+                }
+            });
+        }
+        Ok(())
     }
 
     /// Publishes `src` as the next version of `key`'s collection and
@@ -495,6 +604,63 @@ impl Node {
         }
         let _ = std::fs::remove_file(crate::control::socket_path(self.inner.store.root()));
     }
+}
+
+/// Records what `specs` say in the store's followed set and returns the
+/// collections to follow now (those recorded as followed and those named)
+/// and the peers recorded with the followed ones.
+fn apply_follows(
+    store: &Store,
+    specs: &[FollowSpec],
+) -> Result<(Vec<CollectionId>, Vec<Multiaddr>), StoreError> {
+    use crate::store::{Interest, InterestState};
+    let mut follow: Vec<CollectionId> = Vec::new();
+    for spec in specs {
+        let c = spec.collection;
+        let old = store.interest(&c)?;
+        let mut i = old.clone().unwrap_or(Interest {
+            state: InterestState::Held,
+            ..Interest::default()
+        });
+        if spec.remember || i.state == InterestState::Unfollowed {
+            // Named again: not dropped by the next gc.
+            i.state = if spec.remember {
+                InterestState::Followed
+            } else {
+                InterestState::Held
+            };
+        }
+        if let Some(only) = &spec.only {
+            i.only = crate::filter::PathFilter::new(only)
+                .map(|f| f.patterns().to_vec())
+                .unwrap_or_else(|_| only.clone());
+        }
+        if spec.remember {
+            for p in &spec.peers {
+                let p = p.to_string();
+                if !i.peers.contains(&p) {
+                    i.peers.push(p);
+                }
+            }
+        }
+        if old.as_ref() != Some(&i) && (old.is_some() || spec.remember || spec.only.is_some()) {
+            store.set_interest(&c, &i)?;
+        }
+        if !follow.contains(&c) {
+            follow.push(c);
+        }
+    }
+    let mut peers = Vec::new();
+    for (c, i) in store.interests()? {
+        if i.state != InterestState::Followed {
+            continue;
+        }
+        if !follow.contains(&c) {
+            follow.push(c);
+        }
+        peers.extend(i.peers.iter().filter_map(|p| p.parse::<Multiaddr>().ok()));
+    }
+    Ok((follow, peers))
 }
 
 /// Admits gossip and greets new peers.

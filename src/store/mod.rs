@@ -2,7 +2,8 @@
 //! else in sled.
 //!
 //! Nothing outside this module touches sled or the segment files. sled holds
-//! six trees: `chunks` (id -> [`Loc`]), `segments` (segment -> durable
+//! seven trees: `follows` (collection id -> followed or not, the paths kept,
+//! peers from a ticket; see [`Interest`]), and `chunks` (id -> [`Loc`]), `segments` (segment -> durable
 //! length), `manifests` (manifest id -> the chunks of its encoding),
 //! `collections` (collection id -> name, current and newest accepted
 //! version), `versions` (collection id + version -> signed announcement) and
@@ -18,6 +19,7 @@
 
 mod batch;
 mod export;
+mod follows;
 mod gc;
 mod lease;
 mod segments;
@@ -42,6 +44,7 @@ use crate::manifest::{ChunkRef, Manifest, ManifestError};
 
 pub use batch::Batch;
 pub use export::ExportReport;
+pub use follows::{Interest, InterestState};
 pub use gc::GcReport;
 pub use lease::ReadLease;
 pub use segments::Loc;
@@ -176,6 +179,7 @@ pub struct Store {
     collections: sled::Tree,
     versions: sled::Tree,
     switches: sled::Tree,
+    follows: sled::Tree,
     segs: Segments,
     /// Manifests that readers are still streaming from; gc keeps them.
     leases: lease::Leases,
@@ -215,6 +219,7 @@ impl Store {
             collections: db.open_tree("collections")?,
             versions: db.open_tree("versions")?,
             switches: db.open_tree("switches")?,
+            follows: db.open_tree("follows")?,
             segment_lens,
             segs,
             leases: lease::Leases::default(),
