@@ -46,6 +46,9 @@ impl Interest {
     }
 }
 
+/// Set in sled's default tree once the followed set is recorded.
+const FOLLOWED_SET_MARKER: &[u8] = b"followed-set-v1";
+
 impl Store {
     /// The record of `id`, if any.
     pub fn interest(&self, id: &CollectionId) -> Result<Option<Interest>> {
@@ -102,11 +105,30 @@ impl Store {
 
     /// Records `id` as followed, keeping its paths and peers if recorded.
     pub fn mark_followed(&self, id: &CollectionId) -> Result<()> {
-        let mut i = self.interest(id)?.unwrap_or_default();
-        if i.state != InterestState::Followed {
-            i.state = InterestState::Followed;
+        let old = self.interest(id)?;
+        if old.as_ref().map(|i| i.state) != Some(InterestState::Followed) {
+            let i = Interest {
+                state: InterestState::Followed,
+                ..old.unwrap_or_default()
+            };
             self.set_interest(id, &i)?;
         }
+        Ok(())
+    }
+
+    /// For a store made before the followed set was recorded, where a
+    /// node followed every collection held: records each as followed, so
+    /// an upgraded node goes on following them. Runs once per store (a
+    /// marker in sled's default tree says it ran).
+    pub(super) fn record_held_as_followed_once(&self) -> Result<()> {
+        if self.db.contains_key(FOLLOWED_SET_MARKER)? {
+            return Ok(());
+        }
+        for c in self.collections()? {
+            self.mark_followed(&c.id)?;
+        }
+        self.db.insert(FOLLOWED_SET_MARKER, &[1u8][..])?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -199,6 +221,28 @@ mod tests {
         assert!(store
             .export(&c, None, &dir.path().join("o2"), false)
             .is_err());
+    }
+
+    #[test]
+    fn a_store_from_before_the_followed_set_follows_what_it_holds_once() {
+        let (dir, store, c) = three_dirs();
+        assert_eq!(store.interest(&c).unwrap(), None, "publish records nothing");
+        let data = store.root().to_path_buf();
+        drop(store);
+        let store = Store::open(&data).unwrap();
+        assert_eq!(store.interest(&c).unwrap(), None, "held, not followed");
+        // As made by an older version: no followed set recorded.
+        store.db.remove(FOLLOWED_SET_MARKER).unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = Store::open(&data).unwrap();
+        assert_eq!(store.followed().unwrap(), [c]);
+        // Once: unfollowed and reopened, it stays unfollowed.
+        store.remove_interest(&c).unwrap();
+        drop(store);
+        let store = Store::open(&data).unwrap();
+        assert!(store.followed().unwrap().is_empty());
+        drop((store, dir));
     }
 
     #[test]

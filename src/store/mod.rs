@@ -212,7 +212,7 @@ impl Store {
         }
         let segs = Segments::open(&root.join("segments"), &durable)
             .map_err(io_ctx("opening segment files"))?;
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
             chunks: db.open_tree("chunks")?,
             manifests: db.open_tree("manifests")?,
@@ -228,7 +228,9 @@ impl Store {
             records: std::sync::Mutex::new(()),
             disk_reserve: AtomicU64::new(DISK_RESERVE),
             _lock: lock,
-        })
+        };
+        store.record_held_as_followed_once()?;
+        Ok(store)
     }
 
     /// The directory this store lives in.

@@ -47,7 +47,7 @@ fn a_mirror_started_with_only_a_ticket_syncs_from_the_master() {
     let (key, id) = h.keygen();
     let src = h.path("src");
     sample_tree(&src, 8);
-    let master = h.binary("master", &[]);
+    let mut master = h.binary("master", &[]);
     master
         .cli()
         .run(&["publish", "--key", &key, src.to_str().unwrap()]);
@@ -89,6 +89,14 @@ fn a_mirror_started_with_only_a_ticket_syncs_from_the_master() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("damaged"), "{err}");
+
+    // What a node publishes it follows, also after a restart.
+    assert!(master.stop().success());
+    let s = master.cli().run(&["status"]);
+    assert!(
+        s.contains("current: version 1") && !s.contains("not followed"),
+        "{s}"
+    );
 }
 
 #[test]
