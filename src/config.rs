@@ -3,7 +3,7 @@
 //! flag > environment > file > default.
 //!
 //! ```toml
-//! follow = ["<collection id>"]
+//! follow = ["<collection id or ticket>"]
 //!
 //! [net]
 //! listen = ["/ip4/0.0.0.0/tcp/4100", "/ip4/0.0.0.0/udp/4100/quic-v1",
@@ -80,7 +80,9 @@ pub use crate::human::ByteRate;
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Collections to follow (ids), besides those the store already holds.
+    /// Collections to follow (ids or tickets, whose addresses become
+    /// peers), at every start, besides the followed set the store records
+    /// (`peermirror follow`, `run --follow`).
     pub follow: Vec<String>,
     /// Network.
     pub net: NetSettings,
@@ -100,7 +102,8 @@ pub struct Config {
 pub struct NetSettings {
     /// Listen addresses (multiaddrs).
     pub listen: Vec<String>,
-    /// Peers to dial at start (multiaddrs). No built-in bootstrap list.
+    /// Peers to dial at start: multiaddrs (`/dns4/...` too) or `HOST:PORT`.
+    /// No built-in bootstrap list.
     pub peers: Vec<String>,
     /// Find peers on the local network with mDNS (off unless asked for).
     pub mdns: bool,

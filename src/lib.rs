@@ -23,6 +23,9 @@
 //!   the control-socket client.
 //! - [`config`]: every setting and default, read in layers (flag > env > file > default).
 //! - [`demo`]: sample trees and tree comparison for the demo and tests.
+//! - [`ticket`]: tickets (one string to mirror a collection) and peers
+//!   written as `HOST:PORT` or DNS multiaddrs.
+//! - [`filter`]: partial mirrors: which paths of a collection a node keeps.
 //! - [`task`]: blocking work off the async threads; poison-tolerant locks.
 //! - [`human`]: sizes, rates, dates and durations as people read them (CLI and logs).
 #![deny(missing_docs)]
@@ -32,6 +35,7 @@ pub mod chunk;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod filter;
 pub mod gossip;
 pub mod hash;
 pub mod http;
@@ -45,3 +49,4 @@ pub mod publish;
 pub mod store;
 pub mod sync;
 pub mod task;
+pub mod ticket;

@@ -2,6 +2,7 @@
 //! exit code from the typed error underneath.
 
 pub mod log;
+mod follow_cmds;
 mod node_cmds;
 mod output;
 mod service;
@@ -113,27 +114,60 @@ pub enum Command {
     Config {
         #[command(flatten)]
         net: node_cmds::NetArgs,
-        /// Collection id to follow (repeatable), as `run --follow`.
-        #[arg(long, value_name = "COLLECTION_ID")]
+        /// Collection id or ticket to follow (repeatable), as `run --follow`.
+        #[arg(long, value_name = "TICKET|COLLECTION_ID")]
         follow: Vec<String>,
     },
     /// Run a node: serve what the store holds and follow collections.
     Run {
         #[command(flatten)]
         net: node_cmds::NetArgs,
-        /// Collection id to follow (repeatable).
-        #[arg(long, value_name = "COLLECTION_ID")]
+        /// Collection id or ticket to follow (repeatable); added to the
+        /// followed set, so later starts follow it too. A ticket's
+        /// addresses are dialled as peers.
+        #[arg(long, value_name = "TICKET|COLLECTION_ID")]
         follow: Vec<String>,
     },
-    /// Fetch the latest version of a collection from peers once, then exit.
+    /// Fetch the latest version of a collection from peers once, then exit
+    /// (it is not followed afterwards).
     Sync {
-        /// The collection id.
+        /// A ticket, or a collection id (then give --peer).
         collection: String,
         #[command(flatten)]
         net: node_cmds::NetArgs,
         /// Give up if no peer answers within this many seconds.
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Fetch only these paths (prefix or glob; repeatable): a partial copy.
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+    },
+    /// Print a ticket for a collection held or followed here: one string
+    /// with which `run --follow`, `follow` and `sync` need nothing else.
+    Ticket {
+        /// Collection id or name.
+        collection: String,
+        /// An address others reach this node at (repeatable; multiaddr or
+        /// HOST:PORT), put first in the ticket.
+        #[arg(long, value_name = "ADDR")]
+        addr: Vec<String>,
+        /// Mirror only these paths (prefix or glob; repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+    },
+    /// Follow a collection (on the running node, and at every start).
+    Follow {
+        /// A ticket, a collection id, or the name of a collection held here.
+        target: String,
+        /// Mirror only these paths (prefix or glob; repeatable); without
+        /// it, the ticket's paths, or the whole collection.
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+    },
+    /// Stop following a collection; the next gc frees its space.
+    Unfollow {
+        /// Collection id or name.
+        collection: String,
     },
     /// Start a master and three mirrors on loopback in a temporary
     /// directory, publish a generated sample (or --source), and watch them sync.
@@ -328,7 +362,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             collection,
             net,
             wait,
-        } => node_cmds::sync(file, &data, &net, &collection, wait)?,
+            only,
+        } => node_cmds::sync(file, &data, &net, &collection, &only, wait)?,
+        Command::Ticket {
+            collection,
+            addr,
+            only,
+        } => follow_cmds::ticket(file, &data, collection, addr, only)?,
+        Command::Follow { target, only } => follow_cmds::follow(&data, target, only)?,
+        Command::Unfollow { collection } => follow_cmds::unfollow(file, &data, collection)?,
         Command::Demo { source, keep } => node_cmds::demo(source.as_deref(), keep)?,
         Command::Completions { shell } => {
             // Into a buffer first: the generator panics on a write error.
@@ -352,7 +394,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Runs a command on the node running on `data`, or on the store opened
 /// directly when none runs: one code path for both.
-fn call(
+pub(crate) fn call(
     data: &Path,
     req: Request,
     progress: control::Progress<'_>,

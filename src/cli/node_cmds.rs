@@ -11,7 +11,7 @@ use peermirror::config::{Layer, Settings};
 use peermirror::control::{CommandError, ErrorKind};
 use peermirror::demo::DemoEvent;
 use peermirror::keys::CollectionId;
-use peermirror::node::{Node, NodeConfig};
+use peermirror::node::{FollowSpec, Node, NodeConfig};
 
 use super::output;
 
@@ -21,8 +21,9 @@ pub struct NetArgs {
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4100.
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<String>,
-    /// Peer to dial at start (repeatable).
-    #[arg(long, value_name = "MULTIADDR")]
+    /// Peer to dial at start (repeatable): a multiaddr (/ip4, /ip6, /dns4,
+    /// /dns6, /dns) or HOST:PORT.
+    #[arg(long, value_name = "MULTIADDR|HOST:PORT")]
     pub peer: Vec<String>,
     /// Find peers on the local network with mDNS.
     #[arg(long)]
@@ -149,9 +150,19 @@ async fn shutdown_signal() {
     }
 }
 
-/// `peermirror run`.
+/// `peermirror run`. Collections named with `--follow` join the followed
+/// set recorded in the store.
 pub fn run(file: Option<&Path>, data: &Path, args: &NetArgs, follow: &[String]) -> Result<()> {
-    let cfg = node_config(&settings_for(file, data, args, follow, false)?, data)?;
+    let mut cfg = node_config(&settings_for(file, data, args, follow, false)?, data)?;
+    let named = follow
+        .iter()
+        .map(|f| FollowSpec::parse(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    for spec in &mut cfg.follow {
+        if named.iter().any(|n| n.collection == spec.collection) {
+            spec.remember = true;
+        }
+    }
     runtime()?.block_on(async {
         let node = Node::start(cfg, shutdown_signal())
             .await
@@ -175,25 +186,47 @@ pub fn run(file: Option<&Path>, data: &Path, args: &NetArgs, follow: &[String]) 
     })
 }
 
-/// `peermirror sync`: fetch the latest version once and exit.
+/// `peermirror sync`: fetch the latest version once and exit. `collection`
+/// is a ticket or an id; `only` makes a partial copy (recorded with the
+/// store, so gc, export and verify know it is partial).
 pub fn sync(
     file: Option<&Path>,
     data: &Path,
     args: &NetArgs,
     collection: &str,
+    only: &[String],
     wait: u64,
 ) -> Result<()> {
-    let c: CollectionId = collection.parse()?;
-    let settings = settings_for(file, data, args, &[c.to_string()], true)?;
-    let cfg = node_config(&settings, data)?;
+    let target = FollowSpec::parse(collection)?;
+    let c: CollectionId = target.collection;
+    peermirror::filter::PathFilter::new(only)?;
+    let settings = settings_for(file, data, args, &[collection.trim().to_string()], true)?;
+    let mut cfg = node_config(&settings, data)?;
+    if !only.is_empty() {
+        for spec in cfg.follow.iter_mut().filter(|s| s.collection == c) {
+            spec.only = Some(only.to_vec());
+        }
+    }
     if cfg.net.bootstrap.is_empty() {
         return Err(CommandError::new(
             ErrorKind::Usage,
-            "sync needs at least one --peer (or net.peers in the settings)",
+            "sync needs a ticket, or at least one --peer (or net.peers in the settings)",
         )
         .into());
     }
-    let wanted = cfg.net.bootstrap.len();
+    // Peers, not addresses: a ticket lists several addresses of one node.
+    let mut ids: Vec<String> = cfg
+        .net
+        .bootstrap
+        .iter()
+        .map(|a| match a.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(id)) => id.to_string(),
+            _ => a.to_string(),
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let wanted = ids.len();
     runtime()?.block_on(async {
         let node = Node::start(cfg, shutdown_signal())
             .await

@@ -162,6 +162,14 @@ pub fn status(s: &Status) {
                 }
             }
         }
+        if !c.partial.is_empty() {
+            println!("  partial (patterns {})", c.partial.join(", "));
+        }
+        if c.unfollowed {
+            println!("  unfollowed: its versions are dropped by the next gc");
+        } else if !c.followed {
+            println!("  not followed (held only; `peermirror follow` follows it)");
+        }
         if let Some(r) = &c.refused {
             println!("  refused: version {}: {}", r.version, r.reason);
         }

@@ -106,6 +106,15 @@ pub struct CollectionStatus {
     /// A newer version the node does not fetch, and why (running node only).
     #[serde(default)]
     pub refused: Option<Refused>,
+    /// Whether it is in the followed set (followed at every start).
+    #[serde(default)]
+    pub followed: bool,
+    /// Unfollowed: the next gc drops its versions.
+    #[serde(default)]
+    pub unfollowed: bool,
+    /// A partial mirror's paths (empty: the whole collection).
+    #[serde(default)]
+    pub partial: Vec<String>,
 }
 
 /// A version a node will not fetch: over the store quota (refused until the

@@ -354,6 +354,15 @@ impl Gateway {
     ) -> Option<Response<Body>> {
         let rest = &p.segments[1..];
         match path::resolve(&snap.manifest, rest) {
+            path::Resolved::File(i) if !snap.filter.wants(&snap.manifest.entries[i].path) => {
+                Some(text(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "not mirrored here: this node keeps only part of this collection ({})\n",
+                        snap.filter
+                    ),
+                ))
+            }
             path::Resolved::File(i) => Some(self.file(req, snap, i).await),
             path::Resolved::Dir(_) if !p.trailing_slash => Some(redirect_to_dir(req)),
             path::Resolved::Dir(dir) => Some(self.listing(req, snap, &dir)),
@@ -438,7 +447,21 @@ impl Gateway {
     }
 
     fn listing<B>(&self, req: &Request<B>, snap: &Snapshot, dir: &str) -> Response<Body> {
-        let children = listing::children(&snap.manifest, dir);
+        let mut children = listing::children(&snap.manifest, dir);
+        if !snap.filter.is_all() {
+            // A partial mirror lists what it serves.
+            children.retain(|c| {
+                let path = if dir.is_empty() {
+                    c.name.clone()
+                } else {
+                    format!("{dir}/{}", c.name)
+                };
+                match c.kind {
+                    "dir" => snap.filter.holds(&path),
+                    _ => snap.filter.wants(&path),
+                }
+            });
+        }
         let collection = snap.collection.to_string();
         let heading = listing::Heading {
             collection: &collection,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Gateway;
+use crate::filter::PathFilter;
 use crate::hash::Hash;
 use crate::keys::CollectionId;
 use crate::manifest::Manifest;
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub manifest_id: Hash,
     /// Keeps the manifest and its chunks from gc.
     pub lease: Arc<ReadLease>,
+    /// The paths this node mirrors (a partial mirror serves only those).
+    pub filter: Arc<PathFilter>,
 }
 
 /// What the first path segment names.
@@ -172,6 +175,7 @@ impl Gateway {
                 }
             };
             Ok(Some(Snapshot {
+                filter: Arc::new(store.filter(&id)?),
                 collection: id,
                 name: a.body.name.clone(),
                 version: a.body.version,

@@ -179,39 +179,59 @@ impl Behaviour {
 }
 
 /// Builds the swarm: TCP + noise + yamux, QUIC, and circuits through relays
-/// (noise + yamux over the relayed stream), with the idle connection timeout
-/// from the config.
+/// (noise + yamux over the relayed stream), wrapped in DNS resolution
+/// (`/dns4`, `/dns6`, `/dns` peers), with the idle connection timeout from
+/// the config.
 pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let mut behaviour_error = None;
-    let swarm = SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            // No setters: any setter switches yamux to its slow legacy engine
-            // with a fixed 256 KiB window.
-            yamux::Config::default,
-        )
-        .map_err(|e| NetError::Build(format!("tcp transport: {e}")))?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| NetError::Build(format!("relay transport: {e}")))?
-        .with_behaviour(
-            |key, relay_client| match Behaviour::new(key, relay_client, cfg) {
-                Ok(b) => Ok(b),
-                Err(e) => {
-                    let msg = e.to_string();
-                    behaviour_error = Some(e);
-                    Err(msg.into())
-                }
-            },
-        )
-        .map_err(|e| {
-            behaviour_error
-                .take()
-                .unwrap_or_else(|| NetError::Build(e.to_string()))
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
-        .build();
+    let transports = || {
+        SwarmBuilder::with_existing_identity(keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                // No setters: any setter switches yamux to its slow legacy engine
+                // with a fixed 256 KiB window.
+                yamux::Config::default,
+            )
+            .map_err(|e| NetError::Build(format!("tcp transport: {e}")))
+            .map(|b| b.with_quic())
+    };
+    // The rest of the build, for either DNS resolver below.
+    macro_rules! finish {
+        ($builder:expr) => {
+            $builder
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| NetError::Build(format!("relay transport: {e}")))?
+                .with_behaviour(|key, relay_client| {
+                    match Behaviour::new(key, relay_client, cfg) {
+                        Ok(b) => Ok(b),
+                        Err(e) => {
+                            let msg = e.to_string();
+                            behaviour_error = Some(e);
+                            Err(msg.into())
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    behaviour_error
+                        .take()
+                        .unwrap_or_else(|| NetError::Build(e.to_string()))
+                })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
+                .build()
+        };
+    }
+    let swarm = match transports()?.with_dns() {
+        Ok(b) => finish!(b),
+        Err(e) => {
+            // No usable /etc/resolv.conf: names still resolve from /etc/hosts.
+            tracing::warn!(error = %e, "no DNS servers configured; /dns peers resolve from /etc/hosts only");
+            finish!(transports()?.with_dns_config(
+                libp2p::dns::ResolverConfig::default(),
+                libp2p::dns::ResolverOpts::default()
+            ))
+        }
+    };
     Ok(swarm)
 }

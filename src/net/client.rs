@@ -34,6 +34,13 @@ pub(crate) enum Command {
         collection: CollectionId,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
+    Unsubscribe {
+        collection: CollectionId,
+        reply: oneshot::Sender<()>,
+    },
+    ExternalAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
     Publish {
         collection: CollectionId,
         data: Vec<u8>,
@@ -151,6 +158,22 @@ impl Client {
     pub async fn subscribe(&self, collection: CollectionId) -> Result<(), NetError> {
         self.call(|reply| Command::Subscribe { collection, reply })
             .await?
+    }
+
+    /// Leaves the gossip topic of `collection` (a collection no longer
+    /// followed). Leaving one not joined is harmless.
+    pub async fn unsubscribe(&self, collection: CollectionId) -> Result<(), NetError> {
+        self.call(|reply| Command::Unsubscribe { collection, reply })
+            .await
+    }
+
+    /// The addresses others are known to reach this node at (confirmed
+    /// external addresses: configured, or confirmed by peers), each with
+    /// `/p2p/<id>`. Empty if none, or if the event loop has stopped.
+    pub async fn external_addrs(&self) -> Vec<Multiaddr> {
+        self.call(|reply| Command::ExternalAddrs { reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// Publishes `msg` on the topic of `collection`. If no peer is subscribed

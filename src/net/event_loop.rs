@@ -252,6 +252,21 @@ impl EventLoop {
             Command::Subscribe { collection, reply } => {
                 let _ = reply.send(self.subscribe(collection));
             }
+            Command::Unsubscribe { collection, reply } => {
+                let topic = super::collection_topic(&collection);
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                self.topics.remove(&topic.hash());
+                let _ = reply.send(());
+            }
+            Command::ExternalAddrs { reply } => {
+                let local = *self.swarm.local_peer_id();
+                let addrs = self
+                    .swarm
+                    .external_addresses()
+                    .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
+                    .collect();
+                let _ = reply.send(addrs);
+            }
             Command::Publish {
                 collection,
                 data,

@@ -1,5 +1,7 @@
-//! A follower: one task per collection that fetches each newer accepted
-//! version and makes it current once complete, then collects old versions.
+//! A follower: one task per followed collection that fetches each newer
+//! accepted version (the paths it mirrors, for a partial mirror, see
+//! [`crate::filter`]) and makes it current once complete, then collects old
+//! versions. It ends when the collection is unfollowed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub(crate) struct Follower {
     pub(crate) repair: std::sync::atomic::AtomicBool,
     /// A version not fetched for lack of space, shown in `status`.
     pub(crate) refused: std::sync::Mutex<Option<crate::control::status::Refused>>,
+    /// Unfollowed: the task ends and a download in progress is cancelled.
+    pub(crate) stopped: std::sync::atomic::AtomicBool,
 }
 
 /// Runs until shutdown.
@@ -41,6 +45,9 @@ pub(crate) async fn run(
     };
     let mut backoff = space::BACKOFF_START;
     loop {
+        if me.stopped.load(Ordering::Relaxed) {
+            return;
+        }
         let r = step(&inner, c, &me).await;
         if !matches!(&r, Err(e) if space::disk_full(e)) {
             backoff = space::BACKOFF_START;
@@ -80,14 +87,14 @@ async fn repair(
     let s = inner.store.clone();
     let id = cur.body.manifest;
     let missing = blocking::<_, StoreError>("checking the current version", move || {
-        s.missing_chunks(&s.manifest(&id)?)
+        s.missing_wanted(&s.manifest(&id)?, &s.filter(&c)?)
     })
     .await?;
     if missing.is_empty() {
         return Ok(());
     }
     tracing::info!(collection = %c, chunks = missing.len(), "fetching chunks of the current version again");
-    let stopping = || inner.stopping.load(Ordering::Relaxed);
+    let stopping = || inner.stopping.load(Ordering::Relaxed) || me.stopped.load(Ordering::Relaxed);
     sync::fetch_chunks(
         &inner.client,
         &inner.store,
@@ -121,6 +128,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     let store = inner.store.clone();
     let cancelled = || {
         inner.stopping.load(Ordering::Relaxed)
+            || me.stopped.load(Ordering::Relaxed)
             || store
                 .latest(&c)
                 .ok()
@@ -150,11 +158,18 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         &inner.reputation,
     )
     .await?;
+    // A partial mirror fetches the chunks of the paths it keeps only.
     let s = inner.store.clone();
     let m = Arc::new(m);
     let m2 = m.clone();
-    let missing = blocking("listing missing chunks", move || s.missing_chunks(&m2)).await?;
-    let total = m.total_bytes();
+    let (missing, total) = blocking::<_, StoreError>("listing missing chunks", move || {
+        let filter = s.filter(&c)?;
+        Ok((
+            s.missing_wanted(&m2, &filter)?,
+            sync::needed_bytes(&m2, &filter),
+        ))
+    })
+    .await?;
     let lacking: u64 = missing.iter().map(|c| c.len as u64).sum();
     if !space::admit(inner, c, me, v, lacking).await? {
         me.in_progress.store(0, Ordering::Relaxed);

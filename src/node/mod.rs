@@ -4,8 +4,9 @@
 //! [`Node::start`] opens the store, builds the libp2p swarm (see
 //! [`crate::net`]) and spawns: the swarm's event loop; a task that admits
 //! gossip ([`admission`]) and greets newly connected peers; one follower per
-//! collection ([`follow`]), which fetches each newer version and makes it
-//! current when complete; a poller that asks every peer for the latest
+//! followed collection ([`follow`]; the followed set is recorded in the
+//! store, see [`crate::store::Interest`]), which fetches each newer version
+//! (of the paths it mirrors) and makes it current when complete; a poller that asks every peer for the latest
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
 //! a task that dials configured peers again while they are not connected
 //! ([`redial`]); a task that advertises this node as an HTTP mirror and
@@ -15,11 +16,13 @@
 //! when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
+mod addrs;
 pub mod admission;
 mod config;
 mod control_server;
 mod follow;
 mod known_peers;
+mod following;
 mod latest;
 mod limits_log;
 mod local;
@@ -53,7 +56,7 @@ use crate::publish::{PublishError, PublishOptions, PublishReport};
 use crate::store::{Store, StoreError};
 pub(crate) use crate::task::{blocking, lock};
 pub use admission::Admission;
-pub use config::{net_limits, NodeConfig};
+pub use config::{net_limits, FollowSpec, NodeConfig};
 use follow::Follower;
 pub use local::LocalStore;
 pub use provider::StoreProvider;
@@ -215,6 +218,19 @@ impl Node {
             .instrument(span.clone())
             .await?;
         let store = Arc::new(store);
+        // The followed set: recorded in the store, plus what this run names.
+        let (s, specs) = (store.clone(), cfg.follow.clone());
+        let (follow, recorded_peers) = blocking("reading the followed set", move || {
+            following::apply_follows(&s, &specs)
+        })
+        .instrument(span.clone())
+        .await?;
+        let mut net_cfg = cfg.net.clone();
+        for p in recorded_peers {
+            if !net_cfg.bootstrap.contains(&p) {
+                net_cfg.bootstrap.push(p);
+            }
+        }
         let keypair = node_key(&cfg.data.join("node.key"))?;
         let mirror_settings = cfg.http.as_ref().map(|h| h.mirror.clone());
         let mirrors = Arc::new(crate::mirrors::Mirrors::new(
@@ -229,7 +245,7 @@ impl Node {
         net_cfg.known_peers = known_peers::load(&store);
         let (client, events, event_loop) = {
             let _in_span = span.enter();
-            net::new(keypair.clone(), net_cfg, provider)?
+            net::new(keypair.clone(), net_cfg.clone(), provider)?
         };
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
@@ -259,7 +275,7 @@ impl Node {
         tasks.push(inner.spawn(latest::poll(inner.clone(), rx.clone())));
         tasks.push(inner.spawn(redial::run(
             inner.clone(),
-            cfg.net.bootstrap.clone(),
+            net_cfg.bootstrap.clone(),
             rx.clone(),
         )));
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
@@ -315,12 +331,9 @@ impl Node {
             shutdown: tx,
             tasks: Mutex::new(tasks),
         });
-        let mut follow = cfg.follow.clone();
-        let s = inner.store.clone();
-        let held = blocking("listing collections", move || s.collections()).await?;
-        follow.extend(held.iter().map(|c| c.id));
+        // Only what is followed: a collection merely held is served, not followed.
         for c in follow {
-            node.follow(c).await?;
+            node.start_follower(c).await?;
         }
         if cfg.control {
             let t = control_server::serve(node.clone(), rx).map_err(NodeError::Control)?;
@@ -359,39 +372,48 @@ impl Node {
         self.inner.client.listen_addrs().await
     }
 
-    /// Follows a collection: subscribes to its topic and fetches each new version.
-    pub async fn follow(&self, c: CollectionId) -> Result<(), NodeError> {
-        let new = match lock(&self.inner.followers).entry(c) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Arc::new(Follower::default()));
-                true
-            }
-        };
-        if new {
-            self.inner.client.subscribe(c).await?;
-            let t = self.inner.spawn(follow::run(
-                self.inner.clone(),
-                c,
-                self.shutdown.subscribe(),
-            ));
-            lock(&self.tasks).push(t);
-            // Ask the peers we already have.
-            for p in self.inner.client.peers().await {
-                self.inner
-                    .spawn(latest::ask_all(self.inner.clone(), p.peer_id));
-                self.inner
-                    .spawn(mirrors::ask(self.inner.clone(), p.peer_id));
-            }
-        }
-        Ok(())
-    }
-
     /// Runs a control command: the same code path as on a store opened
     /// directly, plus announcing after a publish and the network's status.
     pub async fn call(&self, req: Request) -> Result<Response, CommandError> {
         match req {
             Request::Status => Ok(Response::Status(Box::new(self.status().await?))),
+            Request::Ticket {
+                collection,
+                addrs,
+                only,
+                ..
+            } => {
+                // The addresses the node has: confirmed external ones first.
+                let mut own = self.inner.client.external_addrs().await;
+                own.extend(self.inner.client.listen_addrs().await);
+                let store = self.inner.store.clone();
+                let r = blocking("making a ticket", move || {
+                    local::ticket(&store, &collection, &addrs, &only, &own)
+                        .map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                Ok(Response::Ticket(r))
+            }
+            Request::Unfollow { collection } => {
+                let store = self.inner.store.clone();
+                let r = blocking("unfollowing", move || {
+                    local::unfollow(&store, &collection).map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                if let Ok(c) = r.collection.parse() {
+                    self.stop_follower(c).await;
+                }
+                Ok(Response::Unfollowed(r))
+            }
+            Request::Follow { target, only } => {
+                let store = self.inner.store.clone();
+                let r = blocking("following", move || {
+                    local::follow(&store, &target, only).map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                self.followed(&r).await?;
+                Ok(Response::Followed(r))
+            }
             req => {
                 let publishing = matches!(req, Request::Publish { .. });
                 let store = self.inner.store.clone();

@@ -16,6 +16,8 @@ impl Inner {
             let Some(f) = cs.id.parse().ok().and_then(|c| followers.get(&c)) else {
                 continue;
             };
+            // Followed now, recorded or named by this run's settings.
+            cs.followed = true;
             cs.in_progress = Some(f.in_progress.load(Ordering::Relaxed)).filter(|v| *v > 0);
             cs.done_bytes = f.progress.done_bytes.load(Ordering::Relaxed);
             cs.total_bytes = f.progress.total_bytes.load(Ordering::Relaxed);

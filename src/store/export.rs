@@ -14,6 +14,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{io_ctx, Result, Store, StoreError};
+use crate::filter::PathFilter;
 use crate::keys::CollectionId;
 use crate::manifest::{EntryKind, Manifest};
 
@@ -34,7 +35,10 @@ pub struct ExportReport {
 
 impl Store {
     /// Writes `version` (default: current) of a collection to `dest`.
-    /// An existing non-empty `dest` is swapped out only with `replace`.
+    /// An existing non-empty `dest` is swapped out only with `replace`. A
+    /// partial mirror writes the paths it keeps (and the directories
+    /// holding them); symlinks are written as stored, even when what they
+    /// point to is not mirrored.
     pub fn export(
         &self,
         id: &CollectionId,
@@ -51,7 +55,9 @@ impl Store {
                 .ok_or(StoreError::UnknownCollection(*id))?,
         };
         let m = self.manifest(&a.body.manifest)?;
-        let missing = self.missing_chunks(&m)?.len();
+        // A partial mirror exports the paths it keeps.
+        let filter = self.filter(id)?;
+        let missing = self.missing_wanted(&m, &filter)?.len();
         if missing > 0 {
             return Err(StoreError::Incomplete {
                 version: a.body.version,
@@ -83,7 +89,7 @@ impl Store {
             .unwrap_or_else(|| "export".into());
         remove_stale_temps(&parent, &name)?;
         let tmp = parent.join(format!("{}{}", temp_prefix(&name), std::process::id()));
-        let result = self.write_tree(&m, &tmp).and_then(|mut r| {
+        let result = self.write_tree(&m, &filter, &tmp).and_then(|mut r| {
             r.version = a.body.version;
             sync_fs(&tmp)?;
             swap_into_place(&tmp, dest, dest_exists)?;
@@ -95,10 +101,14 @@ impl Store {
         result
     }
 
-    fn write_tree(&self, m: &Manifest, root: &Path) -> Result<ExportReport> {
+    fn write_tree(&self, m: &Manifest, filter: &PathFilter, root: &Path) -> Result<ExportReport> {
         let mut r = ExportReport::default();
         mkdir(root)?;
-        for e in &m.entries {
+        for e in m
+            .entries
+            .iter()
+            .filter(|e| filter.wants_entry(&e.path, &e.kind))
+        {
             // Paths were validated: relative, no `..`, nothing below a file or link.
             let path = root.join(&e.path);
             if let Some(p) = path.parent() {

@@ -2,8 +2,9 @@
 //! else in sled.
 //!
 //! Nothing outside this module touches sled or the segment files. sled holds
-//! seven trees: `meta` (small named records of the node, e.g. the peers it
-//! knows), `chunks` (id -> [`Loc`]), `segments` (segment -> durable
+//! eight trees: `meta` (small named records of the node, e.g. the peers it
+//! knows), `follows` (collection id -> followed or not, the paths kept,
+//! peers from a ticket; see [`Interest`]), `chunks` (id -> [`Loc`]), `segments` (segment -> durable
 //! length), `manifests` (manifest id -> the chunks of its encoding),
 //! `collections` (collection id -> name, current and newest accepted
 //! version), `versions` (collection id + version -> signed announcement) and
@@ -19,6 +20,7 @@
 
 mod batch;
 mod export;
+mod follows;
 mod gc;
 mod lease;
 mod segments;
@@ -43,6 +45,7 @@ use crate::manifest::{ChunkRef, Manifest, ManifestError};
 
 pub use batch::Batch;
 pub use export::ExportReport;
+pub use follows::{Interest, InterestState};
 pub use gc::GcReport;
 pub use lease::ReadLease;
 pub use segments::Loc;
@@ -178,6 +181,7 @@ pub struct Store {
     versions: sled::Tree,
     switches: sled::Tree,
     meta: sled::Tree,
+    follows: sled::Tree,
     segs: Segments,
     /// Manifests that readers are still streaming from; gc keeps them.
     leases: lease::Leases,
@@ -210,7 +214,7 @@ impl Store {
         }
         let segs = Segments::open(&root.join("segments"), &durable)
             .map_err(io_ctx("opening segment files"))?;
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
             chunks: db.open_tree("chunks")?,
             manifests: db.open_tree("manifests")?,
@@ -218,6 +222,7 @@ impl Store {
             versions: db.open_tree("versions")?,
             switches: db.open_tree("switches")?,
             meta: db.open_tree("meta")?,
+            follows: db.open_tree("follows")?,
             segment_lens,
             segs,
             leases: lease::Leases::default(),
@@ -226,7 +231,9 @@ impl Store {
             records: std::sync::Mutex::new(()),
             disk_reserve: AtomicU64::new(DISK_RESERVE),
             _lock: lock,
-        })
+        };
+        store.record_held_as_followed_once()?;
+        Ok(store)
     }
 
     /// The directory this store lives in.

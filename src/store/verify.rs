@@ -82,6 +82,8 @@ impl Store {
         // newer than the current one may still be being fetched.
         let mut required: HashMap<Hash, String> = HashMap::new();
         for info in self.collections()? {
+            // A partial mirror requires only the chunks of the paths it keeps.
+            let filter = self.filter(&info.id)?;
             let current = info.current.as_ref().map(|a| a.body.version);
             for v in &info.versions {
                 let complete = current.is_some_and(|c| *v <= c);
@@ -116,7 +118,7 @@ impl Store {
                             for c in chunks {
                                 let by = || format!("{label}: {path}");
                                 used_by.entry(c.id).or_insert_with(by);
-                                if complete {
+                                if complete && filter.wants(path) {
                                     required.entry(c.id).or_insert_with(by);
                                 }
                             }

@@ -20,6 +20,10 @@
 //!   the network, the blocking pool and the store, and reports back.
 //! - `manifest`: [`fetch_manifest`], the chunk list first, then the chunks.
 //!
+//! A partial mirror fetches the chunks of some files only: the caller
+//! chooses them with [`needed_files`] (the files a path filter keeps)
+//! before the download starts.
+//!
 //! What a peer does wrong is reported to a [`PeerAccounting`] the caller
 //! owns (the node keeps one for its whole life and bans repeat offenders),
 //! and peers it bans are left out of every download.
@@ -36,6 +40,7 @@ use libp2p::PeerId;
 use crate::hash::Hash;
 use crate::store::StoreError;
 
+pub use crate::filter::{needed_bytes, needed_files};
 pub use driver::fetch_chunks;
 pub use manifest::fetch_manifest;
 pub use peers::MAX_PER_PEER;

@@ -13,6 +13,7 @@ mod harness_selftest;
 mod hostile;
 mod http;
 mod http_mirror;
+mod join;
 mod limits;
 mod local_safety;
 mod nat;
