@@ -1,8 +1,8 @@
 //! Subcommands. Each reports with context (anyhow); [`exit_code`] picks the
 //! exit code from the typed error underneath.
 
-pub mod log;
 mod follow_cmds;
+pub mod log;
 mod node_cmds;
 mod output;
 mod service;

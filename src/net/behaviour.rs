@@ -203,16 +203,16 @@ pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Beh
             $builder
                 .with_relay_client(noise::Config::new, yamux::Config::default)
                 .map_err(|e| NetError::Build(format!("relay transport: {e}")))?
-                .with_behaviour(|key, relay_client| {
-                    match Behaviour::new(key, relay_client, cfg) {
+                .with_behaviour(
+                    |key, relay_client| match Behaviour::new(key, relay_client, cfg) {
                         Ok(b) => Ok(b),
                         Err(e) => {
                             let msg = e.to_string();
                             behaviour_error = Some(e);
                             Err(msg.into())
                         }
-                    }
-                })
+                    },
+                )
                 .map_err(|e| {
                     behaviour_error
                         .take()

@@ -21,8 +21,8 @@ pub mod admission;
 mod config;
 mod control_server;
 mod follow;
-mod known_peers;
 mod following;
+mod known_peers;
 mod latest;
 mod limits_log;
 mod local;
@@ -241,7 +241,6 @@ impl Node {
         let provider = Arc::new(
             StoreProvider::new(store.clone(), bytes_up.clone()).with_mirrors(mirrors.clone()),
         );
-        let mut net_cfg = cfg.net.clone();
         net_cfg.known_peers = known_peers::load(&store);
         let (client, events, event_loop) = {
             let _in_span = span.enter();
