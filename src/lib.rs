@@ -11,6 +11,8 @@
 //!   with gc, verify and export.
 //! - [`publish`]: turning a directory into a new version.
 //! - [`http`]: the HTTP file gateway serving current versions to end users.
+//! - [`metrics`]: the Prometheus registry `/metrics` serves, and the handle
+//!   the rest of the code records through.
 //! - [`net`]: the libp2p swarm and wire protocols (chunks, have-maps, latest announcement).
 //! - [`gossip`]: messages on a collection's gossip topic.
 //! - [`sync`]: fetching a version's manifest and chunks from many peers at once.
@@ -34,6 +36,7 @@ pub mod hash;
 pub mod http;
 pub mod keys;
 pub mod manifest;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod publish;

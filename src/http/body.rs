@@ -171,6 +171,7 @@ pub fn stream(reader: Option<FileReader>, pieces: Vec<Piece>) -> Body {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "aborting a response");
+                            reader.gateway.fault(crate::metrics::Fault::HttpAborted);
                             return Some((Err(io::Error::other(e.to_string())), None));
                         }
                     }

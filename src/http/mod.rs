@@ -49,6 +49,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 
 pub use body::Body;
 pub use server::serve;
@@ -56,6 +57,7 @@ use snapshot::{Lookup, ManifestCache, Snapshot};
 
 use crate::hash::Hash;
 use crate::manifest::{EntryKind, Manifest};
+use crate::metrics::{Fault, Metrics};
 use crate::store::{Store, StoreError};
 
 /// Header naming the version whose bytes a response holds.
@@ -114,6 +116,11 @@ pub enum HttpError {
 /// Where the gateway answers `GET /.well-known/peermirror`.
 pub const STATUS_PATH: &str = "/.well-known/peermirror";
 
+/// Where the gateway serves Prometheus metrics (when given some with
+/// [`Gateway::with_metrics`]). Exactly this path: a collection named
+/// `metrics` is still served at `/metrics/` and below.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// The node's status as JSON, for [`STATUS_PATH`].
 pub type StatusHook = Arc<
     dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>
@@ -138,6 +145,7 @@ struct Inner {
     shutdown_timeout: Duration,
     on_corrupt: Option<CorruptChunkHook>,
     status: Option<StatusHook>,
+    metrics: Option<Metrics>,
     manifests: ManifestCache,
     /// The last generated SHA256SUMS, by manifest id.
     sums: std::sync::Mutex<Option<(Hash, Bytes)>>,
@@ -154,6 +162,7 @@ impl Gateway {
                 shutdown_timeout: config.shutdown_timeout,
                 on_corrupt: None,
                 status: None,
+                metrics: None,
                 manifests: ManifestCache::default(),
                 sums: std::sync::Mutex::new(None),
             }),
@@ -177,6 +186,7 @@ impl Gateway {
             shutdown_timeout: i.shutdown_timeout,
             on_corrupt: i.on_corrupt.clone(),
             status: i.status.clone(),
+            metrics: i.metrics.clone(),
             manifests: ManifestCache::default(),
             sums: std::sync::Mutex::new(None),
         };
@@ -199,9 +209,17 @@ impl Gateway {
         &self.inner.manifests
     }
 
+    /// Counts what went wrong, when metrics are kept.
+    fn fault(&self, kind: Fault) {
+        if let Some(m) = &self.inner.metrics {
+            m.error(kind);
+        }
+    }
+
     /// Drops a chunk that failed its hash (off the async threads) and tells
     /// the hook.
     fn report_corrupt(&self, id: Hash) {
+        self.fault(Fault::CorruptChunk);
         let gw = self.clone();
         tokio::spawn(async move {
             let store = gw.store().clone();
@@ -227,9 +245,43 @@ impl Gateway {
         self.rebuilt(|i| i.status = Some(hook))
     }
 
+    /// Serves [`METRICS_PATH`] from `metrics`, and counts every response
+    /// and body byte there.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        self.rebuilt(|i| i.metrics = Some(metrics))
+    }
+
+    /// The metrics kept, if any.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_ref()
+    }
+
     /// Answers one request (any body is ignored). Never fails: errors
     /// become error responses.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        let Some(m) = &self.inner.metrics else {
+            return self.respond(req).await;
+        };
+        let r = if req.uri().path() == METRICS_PATH {
+            metrics_response(m, &req).await
+        } else {
+            self.respond(req).await
+        };
+        m.http_response(r.status());
+        // One atomic add per frame sent: the body's own bytes, never headers.
+        let sent = m.http_sent_bytes();
+        r.map(|b| {
+            b.map_frame(move |f| {
+                if let Some(d) = f.data_ref() {
+                    sent.inc_by(d.len() as u64);
+                }
+                f
+            })
+            .boxed_unsync()
+        })
+    }
+
+    async fn respond<B>(&self, req: Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             r.headers_mut()
@@ -262,6 +314,7 @@ impl Gateway {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, path = req.uri().path(), "request failed");
+                    self.fault(Fault::HttpStore);
                     text(StatusCode::SERVICE_UNAVAILABLE, "store error\n")
                 }
             },
@@ -464,6 +517,27 @@ impl Gateway {
             )
         })
     }
+}
+
+/// The answer to [`METRICS_PATH`]: every metric, sampled now.
+async fn metrics_response<B>(m: &Metrics, req: &Request<B>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let mut r = typed(
+        StatusCode::OK,
+        crate::metrics::CONTENT_TYPE,
+        m.render().await,
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if req.method() == Method::HEAD {
+        *r.body_mut() = body::empty();
+    }
+    r
 }
 
 /// 300 Multiple Choices: the same path under each collection's id.

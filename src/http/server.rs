@@ -59,10 +59,17 @@ pub async fn serve(
                     }
                     Err(e) => return Err(HttpError::Listener(e)),
                 };
+                let metrics = gateway.metrics().cloned();
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::debug!(%peer, "too many http connections; closing one");
+                    if let Some(m) = &metrics {
+                        m.http_refused();
+                    }
                     continue;
                 };
+                if let Some(m) = &metrics {
+                    m.http_connection(true);
+                }
                 let _ = stream.set_nodelay(true);
                 let gw = gateway.clone();
                 let service = hyper::service::service_fn(move |req| {
@@ -73,6 +80,9 @@ pub async fn serve(
                 conns.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "http connection ended");
+                    }
+                    if let Some(m) = &metrics {
+                        m.http_connection(false);
                     }
                     drop(slot);
                 });

@@ -17,6 +17,7 @@ mod control_server;
 mod follow;
 mod latest;
 mod local;
+mod metrics;
 mod provider;
 mod redial;
 mod reputation;
@@ -118,8 +119,11 @@ pub(crate) struct Inner {
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) haves: admission::HaveFilter,
     pub(crate) stopping: AtomicBool,
-    /// What peers did wrong, over the node's life; handed to every download.
+    /// What peers did wrong, over the node's life; handed to every download
+    /// (through [`Inner::accounting`], which counts on the way).
     pub(crate) reputation: reputation::Reputation,
+    /// The node's Prometheus metrics.
+    pub(crate) metrics: crate::metrics::Metrics,
     /// Collections published through this node: it re-announces them.
     pub(crate) published: Mutex<std::collections::HashSet<CollectionId>>,
     /// The span every task of this node runs in.
@@ -204,10 +208,12 @@ impl Node {
         let keypair = node_key(&cfg.data.join("node.key"))?;
         let bytes_up = Arc::new(AtomicU64::new(0));
         let provider = Arc::new(StoreProvider::new(store.clone(), bytes_up.clone()));
-        let (client, events, event_loop) = {
+        let (client, events, mut event_loop) = {
             let _in_span = span.enter();
             net::new(keypair, cfg.net.clone(), provider)?
         };
+        let metrics = crate::metrics::Metrics::new();
+        event_loop.record_metrics(metrics.libp2p());
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
         let reputation =
@@ -215,6 +221,7 @@ impl Node {
         let inner = Arc::new(Inner {
             store,
             reputation,
+            metrics,
             client,
             keep: cfg.keep.max(1),
             max_store_bytes: cfg.limits.max_store_bytes,
@@ -238,6 +245,11 @@ impl Node {
             rx.clone(),
         )));
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
+        let sampled = Arc::downgrade(&inner);
+        inner.metrics.set_source(Arc::new(move || {
+            let i = sampled.upgrade();
+            Box::pin(async move { i?.metrics_sample().await })
+        }));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {
@@ -269,7 +281,8 @@ impl Node {
                         let s = i.status().await.ok()?;
                         serde_json::to_vec_pretty(&s).ok()
                     })
-                }));
+                }))
+                .with_metrics(inner.metrics.clone());
             let mut stop = rx.clone();
             tasks.push(inner.spawn(async move {
                 let stopped = async move {
@@ -313,6 +326,11 @@ impl Node {
     /// Whether `peer` is banned here for misbehaving in a download.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         crate::sync::PeerAccounting::is_banned(&self.inner.reputation, peer)
+    }
+
+    /// The node's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The network handle.
@@ -535,7 +553,7 @@ async fn handle_events(
             Event::PeerConnected(peer) => {
                 inner.spawn(latest::ask_all(inner.clone(), peer));
             }
-            Event::PeerDisconnected(_) => {}
+            Event::PeerDisconnected(peer) => inner.metrics.forget_peer(&peer),
         }
     }
 }
