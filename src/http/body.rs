@@ -2,8 +2,11 @@
 //!
 //! A file's bytes are never gathered in memory: the body reads the chunk
 //! under the next byte to send when hyper asks for more (so a slow client
-//! holds at most one chunk), slices it to the requested range, and moves
-//! on. Every chunk is re-hashed as it is read ([`Store::read_chunk`]). A
+//! holds at most one chunk, two at a chunk boundary), slices it to the
+//! requested range, and moves on. Every chunk read pays for its bytes from
+//! the gateway's buffer budget ([`HttpConfig::max_buffer_bytes`](super::HttpConfig::max_buffer_bytes)) until its
+//! last slice is sent, so memory stays bounded however many clients read
+//! at once: past the budget, responses wait for others to drain. Every chunk is re-hashed as it is read ([`Store::read_chunk`]). A
 //! chunk that fails its hash is reported to the gateway and ends the body
 //! with an error, which makes hyper abort the connection: the client sees a
 //! short transfer, never wrong bytes.
@@ -114,10 +117,17 @@ impl FileReader {
                 return Ok((data.clone(), start));
             }
         }
+        // The previous chunk is no longer needed here (hyper may still be
+        // sending its last bytes, and keeps it, and its budget, until then).
+        self.last = None;
+        let permit = self.gateway.reserve_buffer(len).await?;
         let store = self.gateway.store().clone();
         let data = crate::task::blocking("reading a chunk", move || store.read_chunk(&id)).await;
         let data = match data {
-            Ok(d) if d.len() == len as usize => Bytes::from(d),
+            Ok(d) if d.len() == len as usize => Bytes::from_owner(Budgeted {
+                data: d,
+                _permit: permit,
+            }),
             Ok(_) => {
                 return Err(StoreError::CorruptChunk {
                     id,
@@ -133,6 +143,19 @@ impl FileReader {
         };
         self.last = Some((i, data.clone()));
         Ok((data, start))
+    }
+}
+
+/// A chunk read for a response, holding its share of the gateway's buffer
+/// budget until the last slice of it is sent.
+struct Budgeted {
+    data: Vec<u8>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
     }
 }
 

@@ -6,11 +6,13 @@
 //!
 //! - this file: [`HttpConfig`], [`Gateway`] and the request router.
 //! - `server`: [`serve`], the accept loop and graceful shutdown.
+//! - `conn`: the send timeout on a client that stops reading.
 //! - `path`: request path to manifest entry, refusing every way out.
 //! - `snapshot`: the version a request reads, fixed and leased at its start.
 //! - `files`: GET/HEAD, conditional requests, byte ranges.
 //! - `body`: bodies streamed chunk by chunk from the store, verified.
 //! - `listing`: HTML and JSON listings, `/`, `SHA256SUMS`.
+//! - `metrics`: `/metrics`, and counting every response and body byte.
 //! - `range`: the `Range` header.
 //!
 //! # URLs
@@ -35,8 +37,10 @@
 //! [`Gateway::with_corrupt_chunk_hook`], and is never sent.
 
 mod body;
+mod conn;
 mod files;
 mod listing;
+mod metrics;
 mod path;
 mod range;
 mod server;
@@ -49,7 +53,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 
 pub use body::Body;
 pub use server::serve;
@@ -57,8 +60,11 @@ use snapshot::{Lookup, ManifestCache, Snapshot};
 
 use crate::hash::Hash;
 use crate::manifest::{EntryKind, Manifest};
-use crate::metrics::{Fault, Metrics};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+
+/// The largest chunk a manifest may name: the budget always fits one.
+const MAX_CHUNK_BYTES: usize = crate::chunk::MAX_CHUNK_LEN as usize;
 
 /// Header naming the version whose bytes a response holds.
 pub const VERSION_HEADER: &str = "x-peermirror-version";
@@ -77,6 +83,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// How long a shutdown waits for responses in flight before cutting them.
     pub shutdown_timeout: Duration,
+    /// Chunk bytes all responses together may hold in memory; a response
+    /// waits (up to [`BUFFER_WAIT`]) for others to drain past this.
+    pub max_buffer_bytes: usize,
 }
 
 impl HttpConfig {
@@ -87,6 +96,7 @@ impl HttpConfig {
             grace: Duration::from_secs(s.grace_secs),
             max_connections: s.max_connections,
             shutdown_timeout: SHUTDOWN_TIMEOUT,
+            max_buffer_bytes: MAX_BUFFER_BYTES,
         }
     }
 }
@@ -103,6 +113,14 @@ impl Default for HttpConfig {
 
 /// How long a shutdown waits for responses in flight before cutting them.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default [`HttpConfig::max_buffer_bytes`]: 128 MiB, a second of a
+/// 1 Gbit/s uplink several times over.
+pub const MAX_BUFFER_BYTES: usize = 128 << 20;
+
+/// How long a response waits for buffer budget before it fails (503 before
+/// the headers, a cut transfer after).
+pub const BUFFER_WAIT: Duration = Duration::from_secs(60);
 
 /// Why the gateway stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +161,8 @@ struct Inner {
     grace: Duration,
     max_connections: usize,
     shutdown_timeout: Duration,
+    /// The buffer budget, in bytes (see [`HttpConfig::max_buffer_bytes`]).
+    buffers: Arc<tokio::sync::Semaphore>,
     on_corrupt: Option<CorruptChunkHook>,
     status: Option<StatusHook>,
     metrics: Option<Metrics>,
@@ -160,6 +180,11 @@ impl Gateway {
                 grace: config.grace,
                 max_connections: config.max_connections.max(1),
                 shutdown_timeout: config.shutdown_timeout,
+                buffers: Arc::new(tokio::sync::Semaphore::new(
+                    config
+                        .max_buffer_bytes
+                        .clamp(MAX_CHUNK_BYTES, tokio::sync::Semaphore::MAX_PERMITS),
+                )),
                 on_corrupt: None,
                 status: None,
                 metrics: None,
@@ -184,6 +209,7 @@ impl Gateway {
             grace: i.grace,
             max_connections: i.max_connections,
             shutdown_timeout: i.shutdown_timeout,
+            buffers: i.buffers.clone(),
             on_corrupt: i.on_corrupt.clone(),
             status: i.status.clone(),
             metrics: i.metrics.clone(),
@@ -201,6 +227,24 @@ impl Gateway {
         &self.inner.store
     }
 
+    /// Takes `len` bytes of the buffer budget, waiting up to [`BUFFER_WAIT`].
+    async fn reserve_buffer(
+        &self,
+        len: u32,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        let want = self.inner.buffers.clone().acquire_many_owned(len);
+        match tokio::time::timeout(BUFFER_WAIT, want).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(StoreError::Io {
+                context: "reading a chunk for a response".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no response buffer freed up in time",
+                ),
+            }),
+        }
+    }
+
     fn grace(&self) -> Duration {
         self.inner.grace
     }
@@ -209,17 +253,10 @@ impl Gateway {
         &self.inner.manifests
     }
 
-    /// Counts what went wrong, when metrics are kept.
-    fn fault(&self, kind: Fault) {
-        if let Some(m) = &self.inner.metrics {
-            m.error(kind);
-        }
-    }
-
     /// Drops a chunk that failed its hash (off the async threads) and tells
     /// the hook.
     fn report_corrupt(&self, id: Hash) {
-        self.fault(Fault::CorruptChunk);
+        self.fault(crate::metrics::Fault::CorruptChunk);
         let gw = self.clone();
         tokio::spawn(async move {
             let store = gw.store().clone();
@@ -245,40 +282,16 @@ impl Gateway {
         self.rebuilt(|i| i.status = Some(hook))
     }
 
-    /// Serves [`METRICS_PATH`] from `metrics`, and counts every response
-    /// and body byte there.
-    pub fn with_metrics(self, metrics: Metrics) -> Self {
-        self.rebuilt(|i| i.metrics = Some(metrics))
-    }
-
-    /// The metrics kept, if any.
-    pub fn metrics(&self) -> Option<&Metrics> {
-        self.inner.metrics.as_ref()
-    }
-
     /// Answers one request (any body is ignored). Never fails: errors
     /// become error responses.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
-        let Some(m) = &self.inner.metrics else {
-            return self.respond(req).await;
-        };
-        let r = if req.uri().path() == METRICS_PATH {
-            metrics_response(m, &req).await
-        } else {
-            self.respond(req).await
-        };
-        m.http_response(r.status());
-        // One atomic add per frame sent: the body's own bytes, never headers.
-        let sent = m.http_sent_bytes();
-        r.map(|b| {
-            b.map_frame(move |f| {
-                if let Some(d) = f.data_ref() {
-                    sent.inc_by(d.len() as u64);
-                }
-                f
-            })
-            .boxed_unsync()
-        })
+        match &self.inner.metrics {
+            None => self.respond(req).await,
+            Some(m) if req.uri().path() == METRICS_PATH => {
+                metrics::counted(m, metrics::scrape(m, &req).await)
+            }
+            Some(m) => metrics::counted(m, self.respond(req).await),
+        }
     }
 
     async fn respond<B>(&self, req: Request<B>) -> Response<Body> {
@@ -314,7 +327,7 @@ impl Gateway {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, path = req.uri().path(), "request failed");
-                    self.fault(Fault::HttpStore);
+                    self.fault(crate::metrics::Fault::HttpStore);
                     text(StatusCode::SERVICE_UNAVAILABLE, "store error\n")
                 }
             },
@@ -517,27 +530,6 @@ impl Gateway {
             )
         })
     }
-}
-
-/// The answer to [`METRICS_PATH`]: every metric, sampled now.
-async fn metrics_response<B>(m: &Metrics, req: &Request<B>) -> Response<Body> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    let mut r = typed(
-        StatusCode::OK,
-        crate::metrics::CONTENT_TYPE,
-        m.render().await,
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if req.method() == Method::HEAD {
-        *r.body_mut() = body::empty();
-    }
-    r
 }
 
 /// 300 Multiple Choices: the same path under each collection's id.

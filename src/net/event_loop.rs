@@ -155,15 +155,14 @@ impl EventLoop {
         use libp2p::metrics::Recorder;
         let Some(m) = &self.metrics else { return };
         m.record(event);
-        match event {
-            libp2p::swarm::SwarmEvent::Behaviour(b) => match b {
+        if let libp2p::swarm::SwarmEvent::Behaviour(b) = event {
+            match b {
                 B::Gossipsub(e) => m.record(e),
                 B::Identify(e) => m.record(e),
                 B::Ping(e) => m.record(e),
                 B::Kad(e) => m.record(e),
                 _ => {}
-            },
-            _ => {}
+            }
         }
     }
 

@@ -10,6 +10,7 @@ mod faults;
 mod harness_selftest;
 mod hostile;
 mod http;
+mod http_load;
 mod http_metrics;
 mod http_mirror;
 mod limits;
