@@ -227,53 +227,12 @@ impl Gateway {
         &self.inner.store
     }
 
-    /// Takes `len` bytes of the buffer budget, waiting up to [`BUFFER_WAIT`].
-    async fn reserve_buffer(
-        &self,
-        len: u32,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
-        let want = self.inner.buffers.clone().acquire_many_owned(len);
-        match tokio::time::timeout(BUFFER_WAIT, want).await {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(StoreError::Io {
-                context: "reading a chunk for a response".into(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no response buffer freed up in time",
-                ),
-            }),
-        }
-    }
-
     fn grace(&self) -> Duration {
         self.inner.grace
     }
 
     fn manifests(&self) -> &ManifestCache {
         &self.inner.manifests
-    }
-
-    /// Drops a chunk that failed its hash (off the async threads) and tells
-    /// the hook.
-    fn report_corrupt(&self, id: Hash) {
-        self.fault(crate::metrics::Fault::CorruptChunk);
-        let gw = self.clone();
-        tokio::spawn(async move {
-            let store = gw.store().clone();
-            match crate::task::blocking("dropping a corrupt chunk", move || {
-                store.drop_corrupt_chunk(&id)
-            })
-            .await
-            {
-                Ok(true) => {
-                    if let Some(hook) = &gw.inner.on_corrupt {
-                        hook(id);
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot drop a corrupt chunk"),
-            }
-        });
     }
 
     /// Answers [`STATUS_PATH`] with what `hook` returns (JSON): names
