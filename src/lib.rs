@@ -13,6 +13,8 @@
 //! - [`http`]: the HTTP file gateway serving current versions to end users,
 //!   the redirector (`/r/...`) and Metalink documents.
 //! - [`mirrors`]: signed HTTP mirror records, their table, health checks and ranking.
+//! - [`metrics`]: the Prometheus registry `/metrics` serves, and the handle
+//!   the rest of the code records through.
 //! - [`net`]: the libp2p swarm and wire protocols (chunks, have-maps, latest announcement).
 //! - [`gossip`]: messages on a collection's gossip topic.
 //! - [`sync`]: fetching a version's manifest and chunks from many peers at once.
@@ -42,6 +44,7 @@ pub mod http;
 pub mod human;
 pub mod keys;
 pub mod manifest;
+pub mod metrics;
 pub mod mirrors;
 pub mod net;
 pub mod node;

@@ -6,11 +6,13 @@
 //!
 //! - this file: [`HttpConfig`], [`Gateway`] and the request router.
 //! - `server`: [`serve`], the accept loop and graceful shutdown.
+//! - `conn`: the send timeout on a client that stops reading.
 //! - `path`: request path to manifest entry, refusing every way out.
 //! - `snapshot`: the version a request reads, fixed and leased at its start.
 //! - `files`: GET/HEAD, conditional requests, byte ranges.
 //! - `body`: bodies streamed chunk by chunk from the store, verified.
 //! - `listing`: HTML and JSON listings, `/`, `SHA256SUMS`.
+//! - `metrics`: `/metrics`, and counting every response and body byte.
 //! - `range`: the `Range` header.
 //! - `redirect`: `/r/<collection>/<path>`, sending clients to a mirror.
 //! - `metalink`: `<path>.meta4` Metalink documents listing the mirrors.
@@ -43,9 +45,11 @@
 //! [`Gateway::with_corrupt_chunk_hook`], and is never sent.
 
 mod body;
+mod conn;
 mod files;
 mod listing;
 mod metalink;
+mod metrics;
 mod path;
 mod range;
 mod redirect;
@@ -66,7 +70,11 @@ use snapshot::{Lookup, ManifestCache, Snapshot};
 
 use crate::hash::Hash;
 use crate::manifest::{EntryKind, Manifest};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+
+/// The largest chunk a manifest may name: the budget always fits one.
+const MAX_CHUNK_BYTES: usize = crate::chunk::MAX_CHUNK_LEN as usize;
 
 /// Header naming the version whose bytes a response holds.
 pub const VERSION_HEADER: &str = "x-peermirror-version";
@@ -88,6 +96,9 @@ pub struct HttpConfig {
     /// What the node advertises as a mirror, and the redirector's GeoIP
     /// database.
     pub mirror: crate::mirrors::MirrorSettings,
+    /// Chunk bytes all responses together may hold in memory; a response
+    /// waits (up to [`BUFFER_WAIT`]) for others to drain past this.
+    pub max_buffer_bytes: usize,
 }
 
 impl HttpConfig {
@@ -103,6 +114,7 @@ impl HttpConfig {
             max_connections: s.max_connections,
             shutdown_timeout: SHUTDOWN_TIMEOUT,
             mirror: crate::mirrors::MirrorSettings::from_settings(s)?,
+            max_buffer_bytes: MAX_BUFFER_BYTES,
         })
     }
 }
@@ -117,12 +129,21 @@ impl Default for HttpConfig {
             max_connections: s.max_connections,
             shutdown_timeout: SHUTDOWN_TIMEOUT,
             mirror: Default::default(),
+            max_buffer_bytes: MAX_BUFFER_BYTES,
         }
     }
 }
 
 /// How long a shutdown waits for responses in flight before cutting them.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default [`HttpConfig::max_buffer_bytes`]: 128 MiB, a second of a
+/// 1 Gbit/s uplink several times over.
+pub const MAX_BUFFER_BYTES: usize = 128 << 20;
+
+/// How long a response waits for buffer budget before it fails (503 before
+/// the headers, a cut transfer after).
+pub const BUFFER_WAIT: Duration = Duration::from_secs(60);
 
 /// Why the gateway stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +161,11 @@ pub struct ClientAddr(pub SocketAddr);
 
 /// Where the gateway answers `GET /.well-known/peermirror`.
 pub const STATUS_PATH: &str = "/.well-known/peermirror";
+
+/// Where the gateway serves Prometheus metrics (when given some with
+/// [`Gateway::with_metrics`]). Exactly this path: a collection named
+/// `metrics` is still served at `/metrics/` and below.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// The node's status as JSON, for [`STATUS_PATH`].
 pub type StatusHook = Arc<
@@ -163,10 +189,13 @@ struct Inner {
     grace: Duration,
     max_connections: usize,
     shutdown_timeout: Duration,
+    /// The buffer budget, in bytes (see [`HttpConfig::max_buffer_bytes`]).
+    buffers: Arc<tokio::sync::Semaphore>,
     on_corrupt: Option<CorruptChunkHook>,
     status: Option<StatusHook>,
     /// The mirrors the redirector chooses from (`None`: no `/r/`).
     mirrors: Option<Arc<crate::mirrors::Mirrors>>,
+    metrics: Option<Metrics>,
     manifests: ManifestCache,
     /// The last generated SHA256SUMS, by manifest id.
     sums: std::sync::Mutex<Option<(Hash, Bytes)>>,
@@ -181,9 +210,15 @@ impl Gateway {
                 grace: config.grace,
                 max_connections: config.max_connections.max(1),
                 shutdown_timeout: config.shutdown_timeout,
+                buffers: Arc::new(tokio::sync::Semaphore::new(
+                    config
+                        .max_buffer_bytes
+                        .clamp(MAX_CHUNK_BYTES, tokio::sync::Semaphore::MAX_PERMITS),
+                )),
                 on_corrupt: None,
                 status: None,
                 mirrors: None,
+                metrics: None,
                 manifests: ManifestCache::default(),
                 sums: std::sync::Mutex::new(None),
             }),
@@ -205,9 +240,11 @@ impl Gateway {
             grace: i.grace,
             max_connections: i.max_connections,
             shutdown_timeout: i.shutdown_timeout,
+            buffers: i.buffers.clone(),
             on_corrupt: i.on_corrupt.clone(),
             status: i.status.clone(),
             mirrors: i.mirrors.clone(),
+            metrics: i.metrics.clone(),
             manifests: ManifestCache::default(),
             sums: std::sync::Mutex::new(None),
         };
@@ -236,28 +273,6 @@ impl Gateway {
         &self.inner.manifests
     }
 
-    /// Drops a chunk that failed its hash (off the async threads) and tells
-    /// the hook.
-    fn report_corrupt(&self, id: Hash) {
-        let gw = self.clone();
-        tokio::spawn(async move {
-            let store = gw.store().clone();
-            match crate::task::blocking("dropping a corrupt chunk", move || {
-                store.drop_corrupt_chunk(&id)
-            })
-            .await
-            {
-                Ok(true) => {
-                    if let Some(hook) = &gw.inner.on_corrupt {
-                        hook(id);
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot drop a corrupt chunk"),
-            }
-        });
-    }
-
     /// Answers [`STATUS_PATH`] with what `hook` returns (JSON): names
     /// never start with a dot, so the path cannot hide a collection.
     pub fn with_status_hook(self, hook: StatusHook) -> Self {
@@ -267,6 +282,16 @@ impl Gateway {
     /// Answers one request (any body is ignored). Never fails: errors
     /// become error responses.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        match &self.inner.metrics {
+            None => self.respond(req).await,
+            Some(m) if req.uri().path() == METRICS_PATH => {
+                metrics::counted(m, metrics::scrape(m, &req).await)
+            }
+            Some(m) => metrics::counted(m, self.respond(req).await),
+        }
+    }
+
+    async fn respond<B>(&self, req: Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             r.headers_mut()
@@ -299,6 +324,7 @@ impl Gateway {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, path = req.uri().path(), "request failed");
+                    self.fault(crate::metrics::Fault::HttpStore);
                     text(StatusCode::SERVICE_UNAVAILABLE, "store error\n")
                 }
             },

@@ -147,6 +147,8 @@ pub struct EventLoop {
     discovery: Schedule,
     /// Outstanding provider lookups, for the logs.
     provider_queries: HashMap<libp2p::kad::QueryId, CollectionId>,
+    /// libp2p's metrics, fed every swarm event, if kept.
+    metrics: Option<Arc<libp2p::metrics::Metrics>>,
 }
 
 impl EventLoop {
@@ -187,6 +189,29 @@ impl EventLoop {
             book: PeerBook::new(parts.known_peers, peer_book::now_secs()),
             discovery: Schedule::default(),
             provider_queries: HashMap::new(),
+            metrics: None,
+        }
+    }
+
+    /// Records every swarm event (and the gossipsub, identify, ping and
+    /// Kademlia events in it) in `metrics`, libp2p's own Prometheus metrics.
+    pub fn record_metrics(&mut self, metrics: Arc<libp2p::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    fn record(&self, event: &libp2p::swarm::SwarmEvent<behaviour::BehaviourEvent>) {
+        use behaviour::BehaviourEvent as B;
+        use libp2p::metrics::Recorder;
+        let Some(m) = &self.metrics else { return };
+        m.record(event);
+        if let libp2p::swarm::SwarmEvent::Behaviour(b) = event {
+            match b {
+                B::Gossipsub(e) => m.record(e),
+                B::Identify(e) => m.record(e),
+                B::Ping(e) => m.record(e),
+                B::Kad(e) => m.record(e),
+                _ => {}
+            }
         }
     }
 
@@ -212,7 +237,10 @@ impl EventLoop {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.record(&event);
+                    self.on_swarm_event(event);
+                }
                 Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd),
                 Some(report) = self.report_rx.recv() => self.on_report(report),
                 Some((channel, answer)) = self.latest_rx.recv() => {

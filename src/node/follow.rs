@@ -13,6 +13,7 @@ use super::{lock, space, Inner};
 use crate::gossip::GossipMessage;
 use crate::human;
 use crate::keys::CollectionId;
+use crate::metrics::Fault;
 use crate::store::StoreError;
 use crate::sync::{self, Progress, SyncError};
 use crate::task::blocking;
@@ -57,12 +58,14 @@ pub(crate) async fn run(
             Ok(false) => {}
             Err(SyncError::Cancelled) => {}
             Err(e) if space::disk_full(&e) => {
+                inner.metrics.error(Fault::DiskFull);
                 if !space::wait_for_space(&inner, c, &e, &mut backoff, &mut stop).await {
                     return;
                 }
                 continue;
             }
             Err(e) => {
+                inner.metrics.error(Fault::SyncFailed);
                 tracing::warn!(collection = %c, error = %e, "sync failed; will retry");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
@@ -101,7 +104,7 @@ async fn repair(
         missing,
         &me.progress,
         &stopping,
-        &inner.reputation,
+        &inner.accounting(),
     )
     .await
 }
@@ -155,7 +158,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         &target.body,
         &me.progress,
         &cancelled,
-        &inner.reputation,
+        &inner.accounting(),
     )
     .await?;
     // A partial mirror fetches the chunks of the paths it keeps only.
@@ -186,13 +189,17 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         missing = %human::bytes(lacking),
         "fetching version"
     );
+    me.progress
+        .total_chunks
+        .store(missing.len() as u64, Ordering::Relaxed);
+    me.progress.done_chunks.store(0, Ordering::Relaxed);
     sync::fetch_chunks(
         &inner.client,
         &inner.store,
         missing,
         &me.progress,
         &cancelled,
-        &inner.reputation,
+        &inner.accounting(),
     )
     .await?;
     let took = started.elapsed();

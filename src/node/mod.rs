@@ -26,6 +26,7 @@ mod known_peers;
 mod latest;
 mod limits_log;
 mod local;
+mod metrics;
 mod mirrors;
 mod provider;
 mod redial;
@@ -131,8 +132,11 @@ pub(crate) struct Inner {
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) haves: admission::HaveFilter,
     pub(crate) stopping: AtomicBool,
-    /// What peers did wrong, over the node's life; handed to every download.
+    /// What peers did wrong, over the node's life; handed to every download
+    /// (through [`Inner::accounting`], which counts on the way).
     pub(crate) reputation: reputation::Reputation,
+    /// The node's Prometheus metrics.
+    pub(crate) metrics: crate::metrics::Metrics,
     /// Collections published through this node: it re-announces them.
     pub(crate) published: Mutex<std::collections::HashSet<CollectionId>>,
     /// The HTTP mirrors known, and what this node advertises as one.
@@ -242,10 +246,12 @@ impl Node {
             StoreProvider::new(store.clone(), bytes_up.clone()).with_mirrors(mirrors.clone()),
         );
         net_cfg.known_peers = known_peers::load(&store);
-        let (client, events, event_loop) = {
+        let (client, events, mut event_loop) = {
             let _in_span = span.enter();
             net::new(keypair.clone(), net_cfg.clone(), provider)?
         };
+        let metrics = crate::metrics::Metrics::new();
+        event_loop.record_metrics(metrics.libp2p());
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
         let reputation =
@@ -253,6 +259,7 @@ impl Node {
         let inner = Arc::new(Inner {
             store,
             reputation,
+            metrics,
             client,
             keep: cfg.keep.max(1),
             max_store_bytes: cfg.limits.max_store_bytes,
@@ -281,6 +288,11 @@ impl Node {
         tasks.push(inner.spawn(mirrors::run(inner.clone(), rx.clone())));
         tasks.push(inner.spawn(known_peers::run(inner.clone(), rx.clone())));
         tasks.push(inner.spawn(limits_log::run(inner.clone(), rx.clone())));
+        let sampled = Arc::downgrade(&inner);
+        inner.metrics.set_source(Arc::new(move || {
+            let i = sampled.upgrade();
+            Box::pin(async move { i?.metrics_sample().await })
+        }));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {
@@ -313,7 +325,8 @@ impl Node {
                         let s = i.status().await.ok()?;
                         serde_json::to_vec_pretty(&s).ok()
                     })
-                }));
+                }))
+                .with_metrics(inner.metrics.clone());
             let mut stop = rx.clone();
             tasks.push(inner.spawn(async move {
                 let stopped = async move {
@@ -354,6 +367,11 @@ impl Node {
     /// Whether `peer` is banned here for misbehaving in a download.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         crate::sync::PeerAccounting::is_banned(&self.inner.reputation, peer)
+    }
+
+    /// The node's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The network handle.
@@ -592,8 +610,11 @@ async fn handle_events(
                 inner.spawn(latest::ask_all(inner.clone(), peer));
                 inner.spawn(mirrors::ask(inner.clone(), peer));
             }
-            // It may have stopped: probe it again before sending anyone there.
-            Event::PeerDisconnected(peer) => inner.mirrors.health.forget(&peer),
+            Event::PeerDisconnected(peer) => {
+                // It may have stopped: probe it again before sending anyone there.
+                inner.mirrors.health.forget(&peer);
+                inner.metrics.forget_peer(&peer);
+            }
         }
     }
 }

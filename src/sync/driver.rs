@@ -117,10 +117,13 @@ pub async fn fetch_chunks(
                 result,
             } => {
                 let result = match result {
-                    Ok((data, true)) => Delivery::Verified {
-                        data,
-                        took: now.saturating_duration_since(started),
-                    },
+                    Ok((data, true)) => {
+                        accounting.delivered(peer);
+                        Delivery::Verified {
+                            data,
+                            took: now.saturating_duration_since(started),
+                        }
+                    }
                     Ok((_, false)) => {
                         tracing::warn!(%peer, chunk = %id, "peer sent bytes that do not match the chunk id; banning it");
                         accounting.offence(peer, Offence::WrongBytes);
@@ -150,6 +153,9 @@ pub async fn fetch_chunks(
                 let (count, bytes) = r?;
                 sched.handle(Event::Written { count }, now);
                 progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+                progress
+                    .done_chunks
+                    .fetch_add(count as u64, Ordering::Relaxed);
             }
         }
     }

@@ -98,6 +98,8 @@ pub trait PeerAccounting: Send + Sync {
     fn offence(&self, peer: PeerId, offence: Offence);
     /// Whether `peer` is banned (then it is asked nothing).
     fn is_banned(&self, peer: &PeerId) -> bool;
+    /// `peer` delivered a chunk that hashed right (for per-peer counts).
+    fn delivered(&self, _peer: PeerId) {}
 }
 
 /// Accounting that keeps nothing, for downloads run outside a node.
@@ -120,4 +122,8 @@ pub struct Progress {
     pub total_bytes: AtomicU64,
     /// Bytes received from peers (verified), all downloads together.
     pub bytes_down: AtomicU64,
+    /// Chunks the current (or last) download fetched and stored.
+    pub done_chunks: AtomicU64,
+    /// Chunks the current (or last) download had to fetch.
+    pub total_chunks: AtomicU64,
 }

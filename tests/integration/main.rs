@@ -12,6 +12,8 @@ mod faults;
 mod harness_selftest;
 mod hostile;
 mod http;
+mod http_load;
+mod http_metrics;
 mod http_mirror;
 mod join;
 mod limits;
