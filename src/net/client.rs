@@ -11,8 +11,10 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    chunk_service::StreamPool, limits::Counters, MessageId, NetError, PeerInfo, ServerStats,
-    Verdict,
+    chunk_board::HaveBoard,
+    chunk_service::{ChunkStream, HaveSubscription, StreamPool},
+    limits::Counters,
+    MessageId, NetError, PeerInfo, ServerStats, Verdict,
 };
 use crate::hash::Hash;
 use crate::keys::CollectionId;
@@ -69,6 +71,7 @@ pub struct Client {
     reports: mpsc::UnboundedSender<Report>,
     pool: Arc<StreamPool>,
     counters: Arc<Counters>,
+    board: Arc<HaveBoard>,
 }
 
 impl Client {
@@ -78,6 +81,7 @@ impl Client {
         reports: mpsc::UnboundedSender<Report>,
         pool: Arc<StreamPool>,
         counters: Arc<Counters>,
+        board: Arc<HaveBoard>,
     ) -> Self {
         Self {
             local_peer_id,
@@ -85,6 +89,7 @@ impl Client {
             reports,
             pool,
             counters,
+            board,
         }
     }
 
@@ -172,6 +177,38 @@ impl Client {
         self.pool.fetch_chunk(peer, id).await
     }
 
+    /// Asks `peer` for many chunks in one request (1 to
+    /// [`super::MAX_GET_IDS`] ids), so small chunks cost no round trip
+    /// each. The answers are read in order from the returned stream, as
+    /// they arrive; the bytes are NOT verified here.
+    pub async fn fetch_chunks(
+        &self,
+        peer: PeerId,
+        ids: Vec<Hash>,
+    ) -> Result<ChunkStream, NetError> {
+        self.pool.get(peer, ids).await
+    }
+
+    /// Subscribes to what `peer` holds of the chunk order (`len` chunks) of
+    /// manifest `manifest`: its map first, then the chunks it adds while it
+    /// downloads them. [`NetError::NotFound`] if the peer does not know the
+    /// manifest (it may still hold some chunks: ask with
+    /// [`Client::fetch_have`]).
+    pub async fn subscribe_have(
+        &self,
+        peer: PeerId,
+        manifest: Hash,
+        len: u32,
+    ) -> Result<HaveSubscription, NetError> {
+        self.pool.subscribe(peer, manifest, len).await
+    }
+
+    /// The have-maps this node serves: a download registers its manifest
+    /// here, so peers subscribed to it learn of each chunk it stores.
+    pub fn have_board(&self) -> &Arc<HaveBoard> {
+        &self.board
+    }
+
     /// Fetches the chunk list of an encoded manifest from `peer`
     /// (unverified). [`NetError::NotFound`] if the peer lacks it.
     pub async fn fetch_manifest_chunks(
@@ -213,7 +250,7 @@ impl Client {
         self.counters.snapshot()
     }
 
-    /// Opens a fresh `/peermirror/chunk/1` stream to `peer`, outside the
+    /// Opens a fresh `/peermirror/chunk/2` stream to `peer`, outside the
     /// pool, for tools and tests that speak the wire format (see
     /// `docs/protocol.md`) themselves.
     pub async fn open_chunk_stream(&self, peer: PeerId) -> Result<super::Stream, NetError> {

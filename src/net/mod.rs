@@ -12,9 +12,11 @@
 //! Protocols: identify, ping, gossipsub (one topic per collection, every
 //! message validated by the application), Kademlia, optional mDNS, the
 //! `/peermirror/latest/1` request-response protocol for the latest
-//! announcement of a collection, and the `/peermirror/chunk/1` stream protocol
-//! for chunk bodies and have-maps. Chunk transfers run on their own streams
-//! outside the event loop, many in parallel per peer.
+//! announcement of a collection, and the `/peermirror/chunk/2` stream protocol
+//! for chunk bodies (many per request) and have-maps (bitmaps over a
+//! manifest's chunk order, with updates pushed as a download proceeds).
+//! Chunk transfers run on their own streams outside the event loop, several
+//! in parallel per peer.
 //!
 //! Of the rest of the crate, this module uses only the leaf types that name
 //! what travels: [`Hash`] for chunks and manifests, [`CollectionId`] for
@@ -23,6 +25,7 @@
 
 mod addr_filter;
 mod behaviour;
+mod chunk_board;
 mod chunk_protocol;
 mod chunk_server;
 mod chunk_service;
@@ -49,9 +52,13 @@ pub mod fuzzing {
         while let Ok(Some(_)) = block_on(super::chunk_protocol::read_request(&mut c)) {}
     }
 
-    /// Decodes one chunk-protocol response frame.
+    /// Decodes chunk-protocol response frames until the bytes end or one
+    /// fails, as the answer to a request (the first byte's parity picks
+    /// whether a subscription to a 1000-chunk order is being read).
     pub fn chunk_response(data: &[u8]) {
-        let _ = block_on(super::chunk_protocol::read_response(&mut Cursor::new(data)));
+        let order = data.first().and_then(|b| (b & 1 == 1).then_some(1000));
+        let mut c = Cursor::new(data.get(1..).unwrap_or_default());
+        while block_on(super::chunk_protocol::read_response(&mut c, order)).is_ok() {}
     }
 
     /// Decodes a latest-protocol request and response.
@@ -72,7 +79,9 @@ use crate::keys::CollectionId;
 use crate::manifest::ChunkRef;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
-pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_HAVE_IDS};
+pub use chunk_board::{Bitmap, BoardHandle, HaveBoard, HaveMap};
+pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_GET_IDS, MAX_HAVE_IDS};
+pub use chunk_service::{ChunkStream, HaveSubscription, HaveUpdate};
 pub use client::Client;
 pub use event_loop::EventLoop;
 pub use latest_protocol::MAX_ANNOUNCEMENT_LEN;
@@ -122,8 +131,18 @@ pub trait ChunkProvider: Send + Sync + 'static {
     /// a `Vec<u8>` converts for free with `Bytes::from`.
     fn chunk(&self, id: &Hash) -> Option<Bytes>;
     /// Which of the given chunk ids this node holds (`result[i]` is for
-    /// `ids[i]`); used for have-maps.
+    /// `ids[i]`); used for have-maps of chunk lists (a manifest's own
+    /// chunks) and by peers that cannot get a manifest's map.
     fn have(&self, ids: &[Hash]) -> Vec<bool>;
+    /// What this node holds of the chunk order of manifest `id` (its
+    /// distinct chunks in order of first appearance), or `None` if it does
+    /// not hold that manifest. Asked only when no download of this node has
+    /// the manifest open on the [`HaveBoard`]; the answer is kept a minute.
+    /// The default holds no manifest: peers then ask with `have` instead.
+    fn have_map(&self, id: &Hash) -> Option<HaveMap> {
+        let _ = id;
+        None
+    }
     /// The chunks (id, length) of an encoded manifest this node holds, in
     /// order, so peers can fetch a manifest like any other data.
     fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>>;
@@ -257,7 +276,13 @@ pub fn new(
 
     let pool = Arc::new(chunk_service::StreamPool::new(control));
     let counters = Arc::new(limits::Counters::default());
-    let server = chunk_server::Server::new(provider.clone(), cfg.limits.clone(), counters.clone());
+    let board = Arc::new(HaveBoard::default());
+    let server = chunk_server::Server::new(
+        provider.clone(),
+        board.clone(),
+        cfg.limits.clone(),
+        counters.clone(),
+    );
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
@@ -268,6 +293,7 @@ pub fn new(
         report_tx,
         pool.clone(),
         counters.clone(),
+        board,
     );
     let event_loop = EventLoop::new(event_loop::Parts {
         swarm,

@@ -150,9 +150,13 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     let s = inner.store.clone();
     let m = Arc::new(m);
     let m2 = m.clone();
-    let missing = blocking("listing missing chunks", move || s.missing_chunks(&m2)).await?;
+    let id = target.body.manifest;
+    let missing = blocking("listing missing chunks", move || {
+        sync::Wanted::of_manifest(&s, id, &m2)
+    })
+    .await?;
     let total = m.total_bytes();
-    let lacking: u64 = missing.iter().map(|c| c.len as u64).sum();
+    let lacking = missing.bytes();
     if !space::admit(inner, c, me, v, lacking).await? {
         me.in_progress.store(0, Ordering::Relaxed);
         return Ok(false);

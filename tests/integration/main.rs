@@ -13,6 +13,7 @@ mod http;
 mod http_mirror;
 mod limits;
 mod local_safety;
+mod many_files;
 mod network;
 mod settings;
 mod store_model;
