@@ -42,7 +42,8 @@ use crate::task::lock;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Chunk bodies of a `Get` are read from the provider and sent in groups of
-/// about this many bytes (the last body may take a group past it).
+/// about this many bytes; a group never holds more body bytes than one
+/// chunk may have, so it costs the budget no more than a single chunk did.
 const GROUP: usize = 256 << 10;
 /// Chunks of a `Get` read from the provider per group at most.
 const GROUP_CHUNKS: usize = 256;
@@ -56,7 +57,7 @@ const PUSH_EVERY: Duration = Duration::from_millis(150);
 const MAX_REPLY: usize = {
     let have = 5 + chunk_protocol::MAX_HAVE_IDS * 2;
     let manifest = 5 + chunk_protocol::MAX_MANIFEST_CHUNKS * 36;
-    let group = GROUP + 5 + MAX_CHUNK_LEN + GROUP_CHUNKS * 5;
+    let group = MAX_CHUNK_LEN + GROUP_CHUNKS * 5;
     let m = if have > manifest { have } else { manifest };
     if group > m {
         group
@@ -250,8 +251,9 @@ async fn serve_one(
         RequestHead::ManifestChunks(id) => Request::ManifestChunks(id),
         RequestHead::Subscribe(id) => return subscribe(server, peer, budget, stream, id).await,
         RequestHead::Get(count) | RequestHead::Have(count) => {
-            // The ids are paid for while they are read and held.
-            let (_mine, _all) = server
+            // The ids are paid for while they are read (then they are a
+            // few hundred KiB at most per stream).
+            let paid = server
                 .reserve(budget, count * 32)
                 .await
                 .ok_or(Stop::Timeout)?;
@@ -264,6 +266,7 @@ async fn serve_one(
                 }
                 Err(_) => return Err(Stop::Timeout),
             };
+            drop(paid);
             match head {
                 RequestHead::Get(_) => return get(server, peer, budget, stream, ids).await,
                 _ => Request::Have(ids),
@@ -337,12 +340,17 @@ async fn get(
         let provider = server.provider.clone();
         let group = ids.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let mut frames = Vec::new();
-            let mut bytes = 0;
+            let mut frames: Vec<Response> = Vec::new();
+            let mut body = 0;
             let mut i = next;
-            while i < group.len() && bytes < GROUP && frames.len() < GROUP_CHUNKS {
+            while i < group.len() && body < GROUP && frames.len() < GROUP_CHUNKS {
                 let f = chunk_frame(&*provider, &group[i]);
-                bytes += f.held_bytes();
+                let len = f.held_bytes() - 1;
+                if !frames.is_empty() && body + len > MAX_CHUNK_LEN {
+                    // Read again as the first of the next group.
+                    break;
+                }
+                body += len;
                 frames.push(f);
                 i += 1;
             }

@@ -34,16 +34,17 @@
 //! bytes hash right but whose length is not the one listed stops the
 //! download with [`Action::WrongLength`]: the list it came from lied.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::peers::{class, Bits, Peer, Peers};
+use super::peers::{Peer, Peers};
 use crate::hash::Hash;
 use crate::manifest::ChunkRef;
-use crate::net::{MAX_GET_IDS, MAX_HAVE_IDS};
+use crate::net::MAX_HAVE_IDS;
 
+mod holders;
+mod picks;
 mod pool;
 pub(crate) use pool::Pool;
 
@@ -180,7 +181,7 @@ pub(crate) enum Action {
     Fetch {
         /// Whom to ask.
         peer: PeerId,
-        /// The chunks, at most [`MAX_GET_IDS`].
+        /// The chunks, at most [`crate::net::MAX_GET_IDS`].
         indices: Vec<u32>,
         /// Their ids, in the same order.
         ids: Vec<Hash>,
@@ -349,118 +350,6 @@ impl Scheduler {
         0
     }
 
-    fn on_peers(&mut self, list: Vec<(PeerId, Option<Duration>)>, now: Instant) {
-        let n = self.chunks.len();
-        for (id, rtt) in list {
-            if self.peers.banned.contains(&id) {
-                continue;
-            }
-            let p = self
-                .peers
-                .map
-                .entry(id)
-                .or_insert_with(|| Peer::new(n, rtt, self.poll_all, now));
-            p.seen = true;
-            p.ping(rtt);
-        }
-        let gone: Vec<PeerId> = self
-            .peers
-            .map
-            .iter_mut()
-            .filter_map(|(id, p)| {
-                let keep =
-                    std::mem::take(&mut p.seen) || !p.inflight.is_empty() || !p.late.is_empty();
-                (!keep).then_some(*id)
-            })
-            .collect();
-        for id in gone {
-            self.reset_have(&id);
-            self.peers.map.remove(&id);
-        }
-    }
-
-    /// Records that `peer` holds (or not) chunk `i`, keeping the holder
-    /// counts, the orphans and the candidate stacks right.
-    fn learn(&mut self, peer: &PeerId, i: u32, held: bool) {
-        self.work += 1;
-        let Some(p) = self.peers.map.get_mut(peer) else {
-            return;
-        };
-        if (i as usize) >= self.chunks.len() {
-            return;
-        }
-        let Some(have) = p.have.as_mut() else {
-            return; // a seeder holds everything already
-        };
-        let changed = if held { have.set(i) } else { have.clear(i) };
-        if !changed {
-            return;
-        }
-        let before = self.avail[i as usize];
-        let after = if held { before + 1 } else { before - 1 };
-        self.avail[i as usize] = after;
-        if self.state[i as usize] != Slot::Needed {
-            return;
-        }
-        match (before, after) {
-            (0, _) => {
-                self.orphans.remove(i);
-            }
-            (_, 0) => {
-                self.orphans.insert(i);
-            }
-            _ => {}
-        }
-        if held {
-            p.stacks[class(after)].push(i);
-        }
-        if after > 0 && class(after) != class(before) {
-            self.push_to_holders(i, Some(*peer));
-        }
-    }
-
-    /// Puts needed chunk `i` on the stack of every peer holding it (but
-    /// `except`), at its current class.
-    fn push_to_holders(&mut self, i: u32, except: Option<PeerId>) {
-        let c = class(self.avail[i as usize]);
-        for (id, p) in &mut self.peers.map {
-            self.work += 1;
-            if Some(*id) != except && !p.is_seeder() && p.holds(i) {
-                p.stacks[c].push(i);
-            }
-        }
-    }
-
-    /// `peer` holds everything: it counts as a seeder, not as a holder.
-    fn set_seeder(&mut self, peer: &PeerId) {
-        let held = match self.peers.map.get(peer) {
-            Some(p) => p.have.as_ref().map(|h| h.ones()).unwrap_or_default(),
-            None => return,
-        };
-        for i in held {
-            self.learn(peer, i, false);
-        }
-        if let Some(p) = self.peers.map.get_mut(peer) {
-            p.have = None;
-            p.stacks = Default::default();
-        }
-    }
-
-    /// Forgets what `peer` holds (a seeder becomes a peer holding nothing).
-    fn reset_have(&mut self, peer: &PeerId) {
-        let held = match self.peers.map.get_mut(peer) {
-            Some(p) if p.is_seeder() => {
-                p.have = Some(Bits::new(self.chunks.len()));
-                return;
-            }
-            Some(p) => p.have.as_ref().map(|h| h.ones()).unwrap_or_default(),
-            None => return,
-        };
-        for i in held {
-            self.learn(peer, i, false);
-        }
-    }
-
     fn on_chunk(
         &mut self,
         peer: PeerId,
@@ -516,27 +405,6 @@ impl Scheduler {
             }
         }
         0
-    }
-
-    /// A seeder turned out to lack a chunk: it becomes a peer that holds
-    /// every chunk still to come, one by one (rare: costs one pass).
-    fn demote_seeder(&mut self, peer: &PeerId) {
-        self.reset_have(peer);
-        for i in 0..self.chunks.len() as u32 {
-            if self.state[i as usize] != Slot::Done {
-                self.learn(peer, i, true);
-            }
-        }
-    }
-
-    /// `peer` sent wrong bytes: it is never asked again in this download.
-    fn ban(&mut self, peer: &PeerId, now: Instant) {
-        self.peers.banned.insert(*peer);
-        self.reset_have(peer);
-        if let Some(p) = self.peers.map.get_mut(peer) {
-            p.bench_until(now + Duration::from_secs(24 * 3600));
-            p.stacks = Default::default();
-        }
     }
 
     /// What to do at `now`. [`Action::ListPeers`] comes alone, so the
@@ -674,197 +542,6 @@ impl Scheduler {
                 ids: ids.clone(),
             });
         }
-    }
-
-    /// Step 2 and 3 of the rules: peers with room pull chunks, each going
-    /// to its best holder; then the endgame.
-    fn start_requests(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let mut budget = PICKS_PER_POLL;
-        let mut batches: HashMap<PeerId, Vec<u32>> = HashMap::new();
-        // Peers that hold part first, so seeders get what is left.
-        let mut pullers: Vec<(bool, PeerId)> = self
-            .peers
-            .map
-            .iter()
-            .filter(|(_, p)| p.wants_more(now))
-            .map(|(id, p)| (p.is_seeder(), *id))
-            .collect();
-        pullers.sort_unstable_by_key(|(seeder, _)| *seeder);
-        for (seeder, id) in pullers {
-            if seeder {
-                self.pull_seeder(id, now, &mut budget, &mut batches);
-            } else {
-                self.pull_partial(id, now, &mut budget, &mut batches);
-            }
-        }
-        if self.needed.is_empty() {
-            self.endgame(now, &mut budget, &mut batches);
-        }
-        for (peer, indices) in batches {
-            for part in indices.chunks(MAX_GET_IDS) {
-                out.push(Action::Fetch {
-                    peer,
-                    indices: part.to_vec(),
-                    ids: part.iter().map(|&i| self.chunks[i as usize].id).collect(),
-                });
-            }
-        }
-    }
-
-    fn has_space(&self, peer: &PeerId, now: Instant) -> bool {
-        self.peers.map.get(peer).is_some_and(|p| p.has_space(now))
-    }
-
-    /// A peer holding part pulls its rarest candidates.
-    fn pull_partial(
-        &mut self,
-        id: PeerId,
-        now: Instant,
-        budget: &mut usize,
-        batches: &mut HashMap<PeerId, Vec<u32>>,
-    ) {
-        while *budget > 0 && self.has_space(&id, now) {
-            let Some(p) = self.peers.map.get_mut(&id) else {
-                return;
-            };
-            let Some((c, i)) = p
-                .stacks
-                .iter_mut()
-                .enumerate()
-                .find_map(|(c, s)| s.pop().map(|i| (c, i)))
-            else {
-                return;
-            };
-            *budget -= 1;
-            self.work += 1;
-            if self.state[i as usize] != Slot::Needed
-                || !p.holds(i)
-                || class(self.avail[i as usize]) != c
-            {
-                continue; // stale
-            }
-            // None: no holder with room will do (this one, too, has a
-            // late request for it); the chunk waits for the next push.
-            if let Some(to) = self.best_holder(i, now, &[]) {
-                self.assign(i, to, now, batches);
-            }
-        }
-    }
-
-    /// A seeder pulls what no other peer holds, then what the holders
-    /// cannot deliver sooner.
-    fn pull_seeder(
-        &mut self,
-        id: PeerId,
-        now: Instant,
-        budget: &mut usize,
-        batches: &mut HashMap<PeerId, Vec<u32>>,
-    ) {
-        while *budget > 0 && self.has_space(&id, now) {
-            *budget -= 1;
-            self.work += 1;
-            let i = match self.orphans.any() {
-                Some(i) => i,
-                None => match self.needed.any() {
-                    Some(i) => i,
-                    None => return,
-                },
-            };
-            match self.best_holder(i, now, &[]) {
-                Some(to) => self.assign(i, to, now, batches),
-                None => return,
-            }
-        }
-    }
-
-    /// The holder of chunk `i` with room that is expected to deliver it
-    /// soonest, skipping `exclude`. A seeder qualifies for a chunk another
-    /// peer holds only once it has no orphans left to serve, and only if
-    /// it beats every other holder, room or not, by [`SEEDER_FACTOR`]
-    /// (`expected` counts that factor in).
-    ///
-    /// [`SEEDER_FACTOR`]: super::peers::SEEDER_FACTOR
-    fn best_holder(&mut self, i: u32, now: Instant, exclude: &[PeerId]) -> Option<PeerId> {
-        let len = self.chunks[i as usize].len;
-        let seeders_too = self.avail[i as usize] == 0 || self.orphans.is_empty();
-        let mut best: Option<(f64, PeerId)> = None;
-        let mut best_partial = f64::INFINITY;
-        let mut best_seeder: Option<(f64, PeerId)> = None;
-        for (id, p) in &self.peers.map {
-            self.work += 1;
-            if !p.holds(i) || exclude.contains(id) || p.benched(now) || p.late.contains_key(&i) {
-                continue;
-            }
-            let t = p.expected(len);
-            if p.is_seeder() {
-                if seeders_too && p.has_space(now) && best_seeder.is_none_or(|(b, _)| t < b) {
-                    best_seeder = Some((t, *id));
-                }
-                continue;
-            }
-            best_partial = best_partial.min(t);
-            if p.has_space(now) && best.is_none_or(|(b, _)| t < b) {
-                best = Some((t, *id));
-            }
-        }
-        match (best, best_seeder) {
-            (_, Some((s, sid))) if s < best_partial => Some(sid),
-            (Some((_, id)), _) => Some(id),
-            _ => None,
-        }
-    }
-
-    /// Endgame: every chunk left is in flight; a request that has waited
-    /// longer than it should (at least [`ENDGAME_WAIT`]) gets a second on
-    /// another holder with room.
-    fn endgame(
-        &mut self,
-        now: Instant,
-        budget: &mut usize,
-        batches: &mut HashMap<PeerId, Vec<u32>>,
-    ) {
-        let flying: Vec<u32> = self.flying.items().iter().take(*budget).copied().collect();
-        for i in flying {
-            if *budget == 0 {
-                return;
-            }
-            *budget -= 1;
-            let mut busy = Vec::new();
-            let mut slow = false;
-            for (id, p) in &self.peers.map {
-                self.work += 1;
-                if let Some((waited, should)) = p.waiting(i, now) {
-                    busy.push(*id);
-                    slow |= waited >= should.max(ENDGAME_WAIT);
-                }
-            }
-            if !slow {
-                continue;
-            }
-            if let Some(to) = self.best_holder(i, now, &busy) {
-                self.assign(i, to, now, batches);
-            }
-        }
-    }
-
-    /// Sends a request for chunk `i` to `peer` (in this poll's batch).
-    fn assign(
-        &mut self,
-        i: u32,
-        peer: PeerId,
-        now: Instant,
-        batches: &mut HashMap<PeerId, Vec<u32>>,
-    ) {
-        let next = match self.state[i as usize] {
-            Slot::Needed => Slot::InFlight(1),
-            Slot::InFlight(n) => Slot::InFlight(n.saturating_add(1)),
-            Slot::Done => return,
-        };
-        self.set(i, next);
-        if let Some(p) = self.peers.map.get_mut(&peer) {
-            p.start(i, self.chunks[i as usize].len, now);
-        }
-        batches.entry(peer).or_default().push(i);
     }
 
     /// Moves chunk `i` to `slot`, keeping the counters and pools right.
