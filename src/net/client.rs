@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     caps::{Caps, CapsStats},
-    chunk_service::StreamPool,
+    chunk_board::HaveBoard,
+    chunk_service::{ChunkStream, HaveSubscription, StreamPool},
     limits::Counters,
     KnownPeer, MessageId, NatStatus, NetError, PeerInfo, ServerStats, Verdict,
 };
@@ -87,6 +88,7 @@ pub struct Client {
     /// Opens `/peermirror/mirrors/1` streams.
     mirrors: libp2p_stream::Control,
     caps: Arc<Caps>,
+    board: Arc<HaveBoard>,
 }
 
 impl Client {
@@ -98,6 +100,7 @@ impl Client {
         counters: Arc<Counters>,
         mirrors: libp2p_stream::Control,
         caps: Arc<Caps>,
+        board: Arc<HaveBoard>,
     ) -> Self {
         Self {
             local_peer_id,
@@ -107,6 +110,7 @@ impl Client {
             counters,
             mirrors,
             caps,
+            board,
         }
     }
 
@@ -223,6 +227,39 @@ impl Client {
         Ok(body)
     }
 
+    /// Asks `peer` for many chunks in one request (1 to
+    /// [`super::MAX_GET_IDS`] ids), so small chunks cost no round trip
+    /// each. The answers are read in order from the returned stream, as
+    /// they arrive; the bytes are NOT verified here.
+    pub async fn fetch_chunks(
+        &self,
+        peer: PeerId,
+        ids: Vec<Hash>,
+    ) -> Result<ChunkStream, NetError> {
+        let stream = self.pool.get(peer, ids).await?;
+        Ok(stream.with_caps(self.caps.clone()))
+    }
+
+    /// Subscribes to what `peer` holds of the chunk order (`len` chunks) of
+    /// manifest `manifest`: its map first, then the chunks it adds while it
+    /// downloads them. [`NetError::NotFound`] if the peer does not know the
+    /// manifest (it may still hold some chunks: ask with
+    /// [`Client::fetch_have`]).
+    pub async fn subscribe_have(
+        &self,
+        peer: PeerId,
+        manifest: Hash,
+        len: u32,
+    ) -> Result<HaveSubscription, NetError> {
+        self.pool.subscribe(peer, manifest, len).await
+    }
+
+    /// The have-maps this node serves: a download registers its manifest
+    /// here, so peers subscribed to it learn of each chunk it stores.
+    pub fn have_board(&self) -> &Arc<HaveBoard> {
+        &self.board
+    }
+
     /// Fetches the chunk list of an encoded manifest from `peer`
     /// (unverified). [`NetError::NotFound`] if the peer lacks it.
     pub async fn fetch_manifest_chunks(
@@ -291,7 +328,7 @@ impl Client {
         self.caps.senders_since(since)
     }
 
-    /// Opens a fresh `/peermirror/chunk/1` stream to `peer`, outside the
+    /// Opens a fresh `/peermirror/chunk/2` stream to `peer`, outside the
     /// pool, for tools and tests that speak the wire format (see
     /// `docs/protocol.md`) themselves.
     pub async fn open_chunk_stream(&self, peer: PeerId) -> Result<super::Stream, NetError> {

@@ -15,10 +15,12 @@
 //! mDNS, AutoNAT, circuit relay (server while reachable, client while not),
 //! DCUtR hole punching and optional UPnP (see [`nat`]), the
 //! `/peermirror/latest/1` request-response protocol for the latest
-//! announcement of a collection, the `/peermirror/chunk/1` stream protocol
-//! for chunk bodies and have-maps, and the `/peermirror/mirrors/1` stream
-//! protocol for a collection's HTTP mirror records. Chunk transfers run on their own streams
-//! outside the event loop, many in parallel per peer.
+//! announcement of a collection, the `/peermirror/chunk/2` stream protocol
+//! for chunk bodies (many per request) and have-maps (bitmaps over a
+//! manifest's chunk order, with updates pushed as a download proceeds), and
+//! the `/peermirror/mirrors/1` stream protocol for a collection's HTTP mirror
+//! records. Chunk transfers run on their own streams outside the event loop,
+//! several in parallel per peer.
 //!
 //! Of the rest of the crate, this module uses only the leaf types that name
 //! what travels: [`Hash`] for chunks and manifests, [`CollectionId`] for
@@ -28,6 +30,7 @@
 mod addr_filter;
 mod behaviour;
 mod caps;
+mod chunk_board;
 mod chunk_protocol;
 mod chunk_server;
 mod chunk_service;
@@ -58,9 +61,13 @@ pub mod fuzzing {
         while let Ok(Some(_)) = block_on(super::chunk_protocol::read_request(&mut c)) {}
     }
 
-    /// Decodes one chunk-protocol response frame.
+    /// Decodes chunk-protocol response frames until the bytes end or one
+    /// fails, as the answer to a request (the first byte's parity picks
+    /// whether a subscription to a 1000-chunk order is being read).
     pub fn chunk_response(data: &[u8]) {
-        let _ = block_on(super::chunk_protocol::read_response(&mut Cursor::new(data)));
+        let order = data.first().and_then(|b| (b & 1 == 1).then_some(1000));
+        let mut c = Cursor::new(data.get(1..).unwrap_or_default());
+        while block_on(super::chunk_protocol::read_response(&mut c, order)).is_ok() {}
     }
 
     /// Decodes a latest-protocol request and response.
@@ -82,7 +89,9 @@ use crate::manifest::ChunkRef;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use caps::CapsStats;
-pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_HAVE_IDS};
+pub use chunk_board::{Bitmap, BoardHandle, HaveBoard, HaveMap};
+pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_GET_IDS, MAX_HAVE_IDS};
+pub use chunk_service::{ChunkStream, HaveSubscription, HaveUpdate};
 pub use client::Client;
 pub use discovery::provider_key;
 pub use event_loop::EventLoop;
@@ -141,8 +150,18 @@ pub trait ChunkProvider: Send + Sync + 'static {
     /// a `Vec<u8>` converts for free with `Bytes::from`.
     fn chunk(&self, id: &Hash) -> Option<Bytes>;
     /// Which of the given chunk ids this node holds (`result[i]` is for
-    /// `ids[i]`); used for have-maps.
+    /// `ids[i]`); used for have-maps of chunk lists (a manifest's own
+    /// chunks) and by peers that cannot get a manifest's map.
     fn have(&self, ids: &[Hash]) -> Vec<bool>;
+    /// What this node holds of the chunk order of manifest `id` (its
+    /// distinct chunks in order of first appearance), or `None` if it does
+    /// not hold that manifest. Asked only when no download of this node has
+    /// the manifest open on the [`HaveBoard`]; the answer is kept a minute.
+    /// The default holds no manifest: peers then ask with `have` instead.
+    fn have_map(&self, id: &Hash) -> Option<HaveMap> {
+        let _ = id;
+        None
+    }
     /// The chunks (id, length) of an encoded manifest this node holds, in
     /// order, so peers can fetch a manifest like any other data.
     fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>>;
@@ -325,8 +344,10 @@ pub fn new(
         cfg.limits.download_rate,
         cfg.limits.max_peers,
     ));
+    let board = Arc::new(HaveBoard::default());
     let server = chunk_server::Server::new(
         provider.clone(),
+        board.clone(),
         cfg.limits.clone(),
         counters.clone(),
         caps.clone(),
@@ -343,6 +364,7 @@ pub fn new(
         counters.clone(),
         mirrors_control,
         caps,
+        board,
     );
     let event_loop = EventLoop::new(event_loop::Parts {
         swarm,

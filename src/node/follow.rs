@@ -165,15 +165,16 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     let s = inner.store.clone();
     let m = Arc::new(m);
     let m2 = m.clone();
+    let id = target.body.manifest;
     let (missing, total) = blocking::<_, StoreError>("listing missing chunks", move || {
         let filter = s.filter(&c)?;
         Ok((
-            s.missing_wanted(&m2, &filter)?,
+            sync::Wanted::of_manifest(&s, id, &m2, &filter)?,
             sync::needed_bytes(&m2, &filter),
         ))
     })
     .await?;
-    let lacking: u64 = missing.iter().map(|c| c.len as u64).sum();
+    let lacking = missing.bytes();
     if !space::admit(inner, c, me, v, lacking).await? {
         me.in_progress.store(0, Ordering::Relaxed);
         return Ok(false);

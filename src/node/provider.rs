@@ -63,6 +63,10 @@ impl ChunkProvider for StoreProvider {
         self.store.manifest_chunks(id).ok()?
     }
 
+    fn have_map(&self, id: &Hash) -> Option<crate::net::HaveMap> {
+        crate::sync::have_map(&self.store, id).ok()?
+    }
+
     fn latest_announcement(&self, collection: &CollectionId) -> Option<Vec<u8>> {
         self.store
             .latest(collection)

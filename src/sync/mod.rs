@@ -1,21 +1,28 @@
 //! Fetching a version from peers: the manifest first, then every chunk the
-//! store lacks, from whichever peers hold it, many requests in flight.
+//! store lacks, from whichever peers hold it, many chunks per request.
 //!
-//! Peers are chosen per chunk: rarest chunk first across the swarm (from
-//! have-maps refreshed every 250 ms while a download runs), and for each
-//! chunk the holder expected to answer soonest (requests queued there times
-//! its recent response time, then RTT). The last requests are duplicated on
-//! a second holder (endgame). Every chunk is hashed before it is stored; a
-//! peer that sends bytes that do not hash to what was asked is banned for
-//! the rest of the download.
+//! Peers tell what they hold as bitmaps over the manifest's chunk order and
+//! push the chunks they add while they download, so a mirror that is itself
+//! downloading is used as soon as it holds something, and no one is asked
+//! about every id. Each chunk goes to the holder expected to deliver it
+//! soonest (measured latency and throughput, bytes queued there), rarest
+//! first, with as many bytes in flight per peer as its bandwidth-delay
+//! product calls for; a peer holding everything (the source) is the holder
+//! of last resort. The last requests are duplicated on a second holder
+//! (endgame). Every chunk is hashed before it is stored; a peer that sends
+//! bytes that do not hash to what was asked is banned for the rest of the
+//! download.
 //!
 //! # Layout
 //!
 //! - `scheduler`: the decisions, as a state machine without I/O or clock:
-//!   events in, actions out (which chunk from which peer, when to refresh
-//!   have-maps, when to write, when done).
+//!   events in, actions out (which chunks from which peer, when to refresh
+//!   the peer list, when to write, when done); its work per event does not
+//!   grow with the number of chunks.
 //! - `peers`: what the scheduler knows of each peer (have-map, requests in
-//!   flight, response time, RTT, failures, bench and ban).
+//!   flight, latency, throughput, window, failures, bench).
+//! - `order`: a manifest's chunk order, and [`Wanted`], what a download
+//!   fetches.
 //! - `driver`: [`fetch_chunks`], the I/O: runs the scheduler's actions on
 //!   the network, the blocking pool and the store, and reports back.
 //! - `manifest`: [`fetch_manifest`], the chunk list first, then the chunks.
@@ -30,6 +37,7 @@
 
 mod driver;
 mod manifest;
+mod order;
 mod peers;
 mod scheduler;
 
@@ -43,8 +51,8 @@ use crate::store::StoreError;
 pub use crate::filter::{needed_bytes, needed_files};
 pub use driver::fetch_chunks;
 pub use manifest::fetch_manifest;
-pub use peers::MAX_PER_PEER;
-pub use scheduler::MAX_TOTAL;
+pub use order::{chunk_order, have_map, Wanted};
+pub use peers::{MAX_WINDOW, MIN_WINDOW};
 
 /// Why a download stopped.
 #[derive(Debug, thiserror::Error)]

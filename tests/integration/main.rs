@@ -18,6 +18,7 @@ mod http_mirror;
 mod join;
 mod limits;
 mod local_safety;
+mod many_files;
 mod nat;
 mod network;
 mod redirect;
