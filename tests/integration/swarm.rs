@@ -347,7 +347,6 @@ async fn shares(h: &Harness, mib: usize, links: &[Link]) -> (Vec<f64>, Duration)
 /// first estimate of a peer's response time: measured shares of the near
 /// ones were 0.73 to 0.89.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs RTT-aware scheduler"]
 async fn near_peers_send_most_of_the_bytes() {
     let h = Harness::new();
     let (s, _) = shares(&h, 64, &[NEAR, NEAR, FAR, FAR]).await;
