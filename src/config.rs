@@ -3,14 +3,24 @@
 //! flag > environment > file > default.
 //!
 //! ```toml
-//! follow = ["<collection id>"]
+//! follow = ["<collection id or ticket>"]
 //!
 //! [net]
-//! listen = ["/ip4/0.0.0.0/tcp/4100", "/ip4/0.0.0.0/udp/4100/quic-v1"]
+//! listen = ["/ip4/0.0.0.0/tcp/4100", "/ip4/0.0.0.0/udp/4100/quic-v1",
+//!           "/ip6/::/tcp/4100", "/ip6/::/udp/4100/quic-v1"]
 //! peers = ["/ip4/192.0.2.10/tcp/4100/p2p/12D3KooW..."]
 //! mdns = false
 //! kademlia = true
 //! idle_timeout_secs = 300
+//! external_addresses = []   # e.g. ["/ip4/203.0.113.5/tcp/4100"] on a 1:1 NAT
+//! autonat = true
+//! autonat_private = false
+//! relay = true
+//! relay_max_reservations = 128
+//! relay_max_circuits = 16
+//! relay_circuit_bytes = 1048576
+//! relay_circuit_secs = 120
+//! upnp = false
 //!
 //! [store]
 //! keep = 2
@@ -23,6 +33,11 @@
 //! listen = ""            # e.g. "0.0.0.0:8080"; empty: no HTTP
 //! grace_secs = 600
 //! max_connections = 1024
+//! public_url = ""        # e.g. "https://mirror.example.org"; empty: no mirror records
+//! region = ""            # e.g. "DE"
+//! prefer = []            # client prefixes to serve first, e.g. ["10.1.0.0/16"]
+//! capacity_mbps = 0      # declared capacity; 0: not declared
+//! geoip_db = ""          # a MaxMind .mmdb file giving clients' countries
 //!
 //! [limits]
 //! max_connections = 256
@@ -39,9 +54,13 @@
 //! latest_timeout_secs = 10
 //! have_notes_per_sec = 10
 //! ban_secs = 600
+//! upload_rate = "unlimited"    # chunk bytes sent per second, e.g. "2MiB"
+//! download_rate = "unlimited"  # chunk bytes received per second
+//! max_peers = 0                # distinct peers connected at once (0: no limit)
 //!
 //! [log]
-//! level = "warn"
+//! level = "warn,libp2p_kad=error"   # `run`: "warn,peermirror=info,libp2p_kad=error"
+//! format = "text"                   # or "json"
 //! ```
 //!
 //! The file is `DATA/config.toml` unless `--config FILE` (or
@@ -59,11 +78,15 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+pub use crate::human::ByteRate;
+
 /// Every setting of a node.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Collections to follow (ids), besides those the store already holds.
+    /// Collections to follow (ids or tickets, whose addresses become
+    /// peers), at every start, besides the followed set the store records
+    /// (`peermirror follow`, `run --follow`).
     pub follow: Vec<String>,
     /// Network.
     pub net: NetSettings,
@@ -85,7 +108,8 @@ pub struct Config {
 pub struct NetSettings {
     /// Listen addresses (multiaddrs).
     pub listen: Vec<String>,
-    /// Peers to dial at start (multiaddrs). No built-in bootstrap list.
+    /// Peers to dial at start: multiaddrs (`/dns4/...` too) or `HOST:PORT`.
+    /// No built-in bootstrap list.
     pub peers: Vec<String>,
     /// Find peers on the local network with mDNS (off unless asked for).
     pub mdns: bool,
@@ -93,6 +117,28 @@ pub struct NetSettings {
     pub kademlia: bool,
     /// Seconds a connection with no stream stays open.
     pub idle_timeout_secs: u64,
+    /// Addresses peers reach this node at though it cannot see them itself
+    /// (a 1:1 NAT, a forwarded port): announced as confirmed from the start.
+    pub external_addresses: Vec<String>,
+    /// Ask peers whether this node is reachable (AutoNAT): a reachable node
+    /// offers relay, an unreachable one reserves a slot on a relay.
+    pub autonat: bool,
+    /// Let AutoNAT trust and serve peers at private addresses (a lab, or a
+    /// NAT inside a larger private network); off on the internet.
+    pub autonat_private: bool,
+    /// Relay connections for peers behind NAT while this node is reachable.
+    pub relay: bool,
+    /// Peers that may hold a relay slot here at once.
+    pub relay_max_reservations: u32,
+    /// Relayed connections at once.
+    pub relay_max_circuits: u32,
+    /// Bytes one relayed connection may carry: enough for control traffic
+    /// and hole punching, not for bulk data.
+    pub relay_circuit_bytes: u64,
+    /// Seconds one relayed connection may last.
+    pub relay_circuit_secs: u64,
+    /// Ask the home router to forward a port (UPnP); off unless asked for.
+    pub upnp: bool,
 }
 
 impl Default for NetSettings {
@@ -101,11 +147,22 @@ impl Default for NetSettings {
             listen: vec![
                 "/ip4/0.0.0.0/tcp/4100".into(),
                 "/ip4/0.0.0.0/udp/4100/quic-v1".into(),
+                "/ip6/::/tcp/4100".into(),
+                "/ip6/::/udp/4100/quic-v1".into(),
             ],
             peers: Vec::new(),
             mdns: false,
             kademlia: true,
             idle_timeout_secs: 300,
+            external_addresses: Vec::new(),
+            autonat: true,
+            autonat_private: false,
+            relay: true,
+            relay_max_reservations: 128,
+            relay_max_circuits: 16,
+            relay_circuit_bytes: 1 << 20,
+            relay_circuit_secs: 120,
+            upnp: false,
         }
     }
 }
@@ -156,6 +213,23 @@ pub struct HttpSettings {
     pub grace_secs: u64,
     /// Connections served at once; more are closed right after accept.
     pub max_connections: usize,
+    /// The base URL people reach this node's HTTP at (`https://host`,
+    /// `http://host:8080/mirror`); empty: the node advertises no mirror
+    /// record, since others could not send anyone here.
+    pub public_url: String,
+    /// A region or country label (e.g. `DE`) the redirector matches with
+    /// clients' regions; empty: none.
+    pub region: String,
+    /// Client address prefixes this mirror prefers to serve (e.g. its own
+    /// network's): the redirector sends such clients here first.
+    pub prefer: Vec<String>,
+    /// Declared capacity in Mbit/s: the redirector spreads load among
+    /// equally near mirrors in proportion to it (0: not declared).
+    pub capacity_mbps: u32,
+    /// A MaxMind GeoIP2/GeoLite2 database file (`.mmdb`) the redirector
+    /// reads clients' countries from; empty: regions come only from
+    /// `?region=`.
+    pub geoip_db: String,
 }
 
 impl Default for HttpSettings {
@@ -164,6 +238,11 @@ impl Default for HttpSettings {
             listen: String::new(),
             grace_secs: 600,
             max_connections: 1024,
+            public_url: String::new(),
+            region: String::new(),
+            prefer: Vec::new(),
+            capacity_mbps: 0,
+            geoip_db: String::new(),
         }
     }
 }
@@ -217,6 +296,17 @@ pub struct LimitsSettings {
     /// downloads (wrong bytes, false have-maps or chunk lists, stalls)
     /// reach the ban threshold. Default 600 (see docs/security/download.md).
     pub ban_secs: u64,
+    /// Chunk bytes sent to peers per second, all peers together (default
+    /// unlimited): what a volunteer donates. Peers downloading at once
+    /// share it equally; a share one leaves idle goes to the others.
+    pub upload_rate: ByteRate,
+    /// Chunk bytes taken from peers per second, all downloads together
+    /// (default unlimited), so a mirror leaves room on its owner's link.
+    pub download_rate: ByteRate,
+    /// Distinct peers connected at once (0, the default: only
+    /// `max_connections` bounds them). A peer may hold several connections
+    /// (TCP and QUIC, each direction), so this is the count volunteers think in.
+    pub max_peers: u32,
 }
 
 impl Default for LimitsSettings {
@@ -236,6 +326,9 @@ impl Default for LimitsSettings {
             latest_timeout_secs: 10,
             have_notes_per_sec: 10,
             ban_secs: 600,
+            upload_rate: ByteRate(0),
+            download_rate: ByteRate(0),
+            max_peers: 0,
         }
     }
 }
@@ -244,15 +337,35 @@ impl Default for LimitsSettings {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// A tracing filter (`warn`, `peermirror=debug`, ...); `RUST_LOG` wins.
+    /// A tracing filter (`warn`, `peermirror=debug`, ...); `RUST_LOG` wins,
+    /// and `-v`/`-q` move every level in it up or down a step.
     pub level: String,
+    /// `text` (for people) or `json` (one object a line, for collectors).
+    pub format: LogFormat,
 }
+
+/// The shape of log lines.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event for people; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for journald exporters and log collectors.
+    Json,
+}
+
+/// The log filter `run` uses unless told otherwise: its own events at info
+/// (versions accepted, fetched, made current; unreachable peers; limits
+/// hit), everyone else's at warn.
+pub const RUN_LOG_LEVEL: &str = "warn,peermirror=info,libp2p_kad=error";
 
 impl Default for LogSettings {
     fn default() -> Self {
         // Quiet by default; kad's "no known peers" is routine for a first node.
         LogSettings {
             level: "warn,libp2p_kad=error".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -501,5 +614,37 @@ mod tests {
         let missing = dir.path().join("none.toml");
         let e = Settings::load(dir.path(), Some(&missing), Layer::new("d"), Layer::new("f"));
         assert!(matches!(e, Err(ConfigError::Read(..))));
+    }
+
+    #[test]
+    fn rates_take_units_and_show_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            default_file(dir.path()),
+            "[limits]\nupload_rate = \"4MiB\"\ndownload_rate = 1000\nmax_peers = 8\n",
+        )
+        .unwrap();
+        let s = load(dir.path(), Layer::new("flags")).unwrap();
+        assert_eq!(s.config.limits.upload_rate, ByteRate(4 << 20));
+        assert_eq!(s.config.limits.download_rate, ByteRate(1000));
+        assert_eq!(s.config.limits.max_peers, 8);
+        let shown = s.origin();
+        let up = shown.iter().find(|(k, _, _)| k == "limits.upload_rate");
+        assert!(up.unwrap().1.contains("4 MiB/s"), "{up:?}");
+        for n in [1, 1000, 1024, 1_500_000, 1_234_567, 3 << 30] {
+            let r = ByteRate(n);
+            assert_eq!(r.to_string().parse::<ByteRate>().unwrap(), r, "{r}");
+        }
+        // A flag wins, in words too.
+        let flags = Layer::new("flags").set("limits.upload_rate", "unlimited");
+        let s = load(dir.path(), flags).unwrap();
+        assert_eq!(s.config.limits.upload_rate.get(), None);
+        std::fs::write(
+            default_file(dir.path()),
+            "[limits]\nupload_rate = \"fast\"\n",
+        )
+        .unwrap();
+        let e = load(dir.path(), Layer::new("flags")).err().unwrap();
+        assert!(e.to_string().contains("not a size"), "{e}");
     }
 }

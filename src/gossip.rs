@@ -1,12 +1,14 @@
 //! Messages on a collection's gossip topic (`peermirror/v1/collection/<hex>`).
 //!
-//! Two kinds, postcard-encoded, at most [`MAX_MESSAGE`] bytes:
+//! Three kinds, postcard-encoded, at most [`MAX_MESSAGE`] bytes:
 //! - `Announce`: a signed announcement (see [`crate::announce`]). A node
 //!   forwards it only after checking the master signature, the field ranges
 //!   and that it is newer than what it accepted; a bad signature or
 //!   malformed bytes make it reject the message (penalising the sender).
 //! - `Have`: "this node now holds version N complete", a hint that a peer's
 //!   have-map grew; it carries nothing to trust.
+//! - `Mirror`: a signed mirror record (see [`crate::mirrors::record`]):
+//!   "this node serves the topic's collection over HTTP at this URL".
 //!
 //! A message of a kind this node does not know ([`GossipError::UnknownKind`])
 //! is ignored rather than rejected, so newer nodes can add kinds without
@@ -21,7 +23,7 @@ pub const MAX_MESSAGE: usize = 8192;
 
 /// How many kinds of message this version knows (postcard variant indices
 /// 0..KINDS).
-const KINDS: u32 = 2;
+const KINDS: u32 = 3;
 
 /// Gossip bytes that cannot be taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,6 +53,9 @@ pub enum GossipMessage {
         #[serde(with = "serde_bytes")]
         holder: Vec<u8>,
     },
+    /// A signed mirror record, as encoded by
+    /// [`crate::mirrors::SignedMirrorRecord::encode`].
+    Mirror(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl GossipMessage {
@@ -97,6 +102,7 @@ mod tests {
                 version: 7,
                 holder: vec![1, 2],
             },
+            GossipMessage::Mirror(vec![4, 5]),
         ] {
             assert_eq!(GossipMessage::decode(&m.encode()).unwrap(), m);
         }

@@ -10,7 +10,11 @@
 //! - [`store`]: the content-addressed store (sled index, chunk bodies in segment files),
 //!   with gc, verify and export.
 //! - [`publish`]: turning a directory into a new version.
-//! - [`http`]: the HTTP file gateway serving current versions to end users.
+//! - [`http`]: the HTTP file gateway serving current versions to end users,
+//!   the redirector (`/r/...`) and Metalink documents.
+//! - [`mirrors`]: signed HTTP mirror records, their table, health checks and ranking.
+//! - [`metrics`]: the Prometheus registry `/metrics` serves, and the handle
+//!   the rest of the code records through.
 //! - [`net`]: the libp2p swarm and wire protocols (chunks, have-maps, latest announcement).
 //! - [`gossip`]: messages on a collection's gossip topic.
 //! - [`sync`]: fetching a version's manifest and chunks from many peers at once.
@@ -21,7 +25,11 @@
 //!   the control-socket client.
 //! - [`config`]: every setting and default, read in layers (flag > env > file > default).
 //! - [`demo`]: sample trees and tree comparison for the demo and tests.
+//! - [`ticket`]: tickets (one string to mirror a collection) and peers
+//!   written as `HOST:PORT` or DNS multiaddrs.
+//! - [`filter`]: partial mirrors: which paths of a collection a node keeps.
 //! - [`task`]: blocking work off the async threads; poison-tolerant locks.
+//! - [`human`]: sizes, rates, dates and durations as people read them (CLI and logs).
 #![deny(missing_docs)]
 
 pub mod announce;
@@ -29,14 +37,19 @@ pub mod chunk;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod filter;
 pub mod gossip;
 pub mod hash;
 pub mod http;
+pub mod human;
 pub mod keys;
 pub mod manifest;
+pub mod metrics;
+pub mod mirrors;
 pub mod net;
 pub mod node;
 pub mod publish;
 pub mod store;
 pub mod sync;
 pub mod task;
+pub mod ticket;

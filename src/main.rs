@@ -7,28 +7,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use peermirror::config::Layer;
-
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    // RUST_LOG wins; then the log.level setting. A settings file that does
-    // not load is reported by the command that needs it, not here.
-    let data = cli::data_dir(&args);
-    let level = cli::settings(
-        args.config.as_deref(),
-        &data,
-        Layer::new("default"),
-        Layer::new("command line"),
-    )
-    .map(|s| s.config.log.level)
-    .unwrap_or_else(|_| peermirror::config::LogSettings::default().level);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // RUST_LOG wins; then the log settings, moved by -v and -q.
+    cli::log::init(
+        &cli::log_settings(&args),
+        i32::from(args.verbose) - i32::from(args.quiet),
+    );
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -1,5 +1,8 @@
-//! The chunk protocol's frames: any bytes a peer sends decode as requests
-//! (server side) or a response (client side), or fail cleanly.
+//! The chunk protocol's frames (`/peermirror/chunk/2`): any bytes a peer
+//! sends decode as requests (server side) or as a run of response frames
+//! (client side: the answers to a `Get`, or a subscription's map and
+//! updates), or fail cleanly, without allocating what a header merely
+//! claims.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

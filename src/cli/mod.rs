@@ -1,16 +1,19 @@
 //! Subcommands. Each reports with context (anyhow); [`exit_code`] picks the
 //! exit code from the typed error underneath.
 
+mod follow_cmds;
+pub mod log;
 mod node_cmds;
 mod output;
+mod service;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use peermirror::config::{Layer, Settings};
+use peermirror::config::{Layer, LogSettings, Settings};
 use peermirror::control::{self, Commands, ErrorKind, Request, Response};
 use peermirror::keys::MasterKey;
 use peermirror::node::LocalStore;
@@ -19,13 +22,26 @@ use peermirror::node::LocalStore;
 #[derive(Parser, Debug)]
 #[command(name = "peermirror", version, about)]
 pub struct Cli {
-    /// The node's data directory (store and settings).
+    /// The node's data directory (store and settings). Default:
+    /// $STATE_DIRECTORY when systemd sets it, else ~/.local/share/peermirror.
     #[arg(long, global = true, env = "PEERMIRROR_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
 
     /// Configuration file (default: DATA/config.toml if it exists).
     #[arg(long, global = true, env = "PEERMIRROR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// More log detail, one level per -v, relative to log.level (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log detail, one level per -q (-q: warnings and errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Log lines as `text` (for people) or `json` (one object a line).
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -115,27 +131,60 @@ pub enum Command {
     Config {
         #[command(flatten)]
         net: node_cmds::NetArgs,
-        /// Collection id to follow (repeatable), as `run --follow`.
-        #[arg(long, value_name = "COLLECTION_ID")]
+        /// Collection id or ticket to follow (repeatable), as `run --follow`.
+        #[arg(long, value_name = "TICKET|COLLECTION_ID")]
         follow: Vec<String>,
     },
     /// Run a node: serve what the store holds and follow collections.
     Run {
         #[command(flatten)]
         net: node_cmds::NetArgs,
-        /// Collection id to follow (repeatable).
-        #[arg(long, value_name = "COLLECTION_ID")]
+        /// Collection id or ticket to follow (repeatable); added to the
+        /// followed set, so later starts follow it too. A ticket's
+        /// addresses are dialled as peers.
+        #[arg(long, value_name = "TICKET|COLLECTION_ID")]
         follow: Vec<String>,
     },
-    /// Fetch the latest version of a collection from peers once, then exit.
+    /// Fetch the latest version of a collection from peers once, then exit
+    /// (it is not followed afterwards).
     Sync {
-        /// The collection id.
+        /// A ticket, or a collection id (then give --peer).
         collection: String,
         #[command(flatten)]
         net: node_cmds::NetArgs,
         /// Give up if no peer answers within this many seconds.
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Fetch only these paths (prefix or glob; repeatable): a partial copy.
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+    },
+    /// Print a ticket for a collection held or followed here: one string
+    /// with which `run --follow`, `follow` and `sync` need nothing else.
+    Ticket {
+        /// Collection id or name.
+        collection: String,
+        /// An address others reach this node at (repeatable; multiaddr or
+        /// HOST:PORT), put first in the ticket.
+        #[arg(long, value_name = "ADDR")]
+        addr: Vec<String>,
+        /// Mirror only these paths (prefix or glob; repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+    },
+    /// Follow a collection (on the running node, and at every start).
+    Follow {
+        /// A ticket, a collection id, or the name of a collection held here.
+        target: String,
+        /// Mirror only these paths (prefix or glob; repeatable); without
+        /// it, the ticket's paths, or the whole collection.
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+    },
+    /// Stop following a collection; the next gc frees its space.
+    Unfollow {
+        /// Collection id or name.
+        collection: String,
     },
     /// Start a master and three mirrors on loopback in a temporary
     /// directory, publish a generated sample (or --source), and watch them sync.
@@ -147,15 +196,68 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Print a shell completion script, e.g. `peermirror completions bash >
+    /// /etc/bash_completion.d/peermirror`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `peermirror man | man -l -`; it
+    /// lists the subcommands, each with a page of its own (see --dir).
+    Man {
+        /// Write every page instead (peermirror.1, peermirror-run.1, ...)
+        /// into this directory, e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
-/// The data directory the command line names, or the default.
+/// The data directory: `--data` (or `PEERMIRROR_DATA`), else the state
+/// directory systemd gives a service (`StateDirectory=`), else the user's
+/// data directory.
 pub fn data_dir(cli: &Cli) -> PathBuf {
-    cli.data.clone().unwrap_or_else(|| {
-        dirs::data_dir()
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join("peermirror")
-    })
+    cli.data
+        .clone()
+        .or_else(|| {
+            // systemd separates several state directories with colons.
+            let dirs = std::env::var_os("STATE_DIRECTORY")?;
+            let first = dirs.to_str()?.split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| {
+            dirs::data_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("peermirror")
+        })
+}
+
+/// The `[log]` settings this command line runs with: `run` defaults to
+/// [`log::RUN_LOG_LEVEL`]; `--log-format` is a flag like any other. A
+/// settings file that does not load is reported by the command that needs
+/// it, not here: logging then takes the defaults.
+pub fn log_settings(cli: &Cli) -> LogSettings {
+    let run = matches!(cli.command, Command::Run { .. });
+    let mut defaults = Layer::new("default");
+    if run {
+        defaults = defaults.set("log.level", log::RUN_LOG_LEVEL);
+    }
+    let mut flags = Layer::new("command line");
+    if let Some(f) = &cli.log_format {
+        flags = flags.set("log.format", f);
+    }
+    match settings(cli.config.as_deref(), &data_dir(cli), defaults, flags) {
+        Ok(s) => s.config.log,
+        Err(_) => {
+            let mut l = LogSettings::default();
+            if run {
+                l.level = log::RUN_LOG_LEVEL.to_string();
+            }
+            if cli.log_format.as_deref() == Some("json") {
+                l.format = peermirror::config::LogFormat::Json;
+            }
+            l
+        }
+    }
 }
 
 /// The exit code for an error: from the first typed error in its chain.
@@ -295,15 +397,39 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             collection,
             net,
             wait,
-        } => node_cmds::sync(file, &data, &net, &collection, wait)?,
+            only,
+        } => node_cmds::sync(file, &data, &net, &collection, &only, wait)?,
+        Command::Ticket {
+            collection,
+            addr,
+            only,
+        } => follow_cmds::ticket(file, &data, collection, addr, only)?,
+        Command::Follow { target, only } => follow_cmds::follow(&data, target, only)?,
+        Command::Unfollow { collection } => follow_cmds::unfollow(file, &data, collection)?,
         Command::Demo { source, keep } => node_cmds::demo(source.as_deref(), keep)?,
+        Command::Completions { shell } => {
+            // Into a buffer first: the generator panics on a write error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "peermirror", &mut script);
+            print_bytes(&script)?;
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_bytes(&page)?;
+        }
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing manual pages to {}", dir.display()))?;
+            eprintln!("wrote manual pages to {}", dir.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a command on the node running on `data`, or on the store opened
 /// directly when none runs: one code path for both.
-fn call(
+pub(crate) fn call(
     data: &Path,
     req: Request,
     progress: control::Progress<'_>,
@@ -321,6 +447,15 @@ fn call(
         },
     };
     target.call(req, progress)
+}
+
+/// Writes generated text to stdout.
+fn print_bytes(b: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(b)
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

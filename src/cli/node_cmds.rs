@@ -11,7 +11,7 @@ use peermirror::config::{Layer, Settings};
 use peermirror::control::{CommandError, ErrorKind};
 use peermirror::demo::DemoEvent;
 use peermirror::keys::CollectionId;
-use peermirror::node::{Node, NodeConfig};
+use peermirror::node::{FollowSpec, Node, NodeConfig};
 
 use super::output;
 
@@ -21,18 +21,43 @@ pub struct NetArgs {
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4100.
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<String>,
-    /// Peer to dial at start (repeatable).
-    #[arg(long, value_name = "MULTIADDR")]
+    /// Peer to dial at start (repeatable): a multiaddr (/ip4, /ip6, /dns4,
+    /// /dns6, /dns) or HOST:PORT.
+    #[arg(long, value_name = "MULTIADDR|HOST:PORT")]
     pub peer: Vec<String>,
     /// Find peers on the local network with mDNS.
     #[arg(long)]
     pub mdns: bool,
+    /// Address peers reach this node at although it cannot see it itself,
+    /// e.g. a 1:1 NAT's public address (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external_address: Vec<String>,
+    /// Ask the router to forward a port (UPnP).
+    #[arg(long)]
+    pub upnp: bool,
     /// Versions to keep per collection.
     #[arg(long)]
     pub keep: Option<usize>,
     /// Serve the files to people over HTTP on ADDRESS:PORT (e.g. 0.0.0.0:8080).
     #[arg(long, value_name = "ADDRESS:PORT")]
     pub http: Option<String>,
+    /// The base URL people reach this node's HTTP at (e.g.
+    /// https://mirror.example.org): the node then advertises itself as a
+    /// mirror, and redirectors on other nodes send users here.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// This mirror's region or country label (e.g. DE), matched with clients'.
+    #[arg(long, value_name = "LABEL")]
+    pub region: Option<String>,
+    /// Chunk bytes sent to peers per second at most, e.g. 2MiB (limits.upload_rate).
+    #[arg(long, value_name = "RATE")]
+    pub upload_rate: Option<peermirror::config::ByteRate>,
+    /// Chunk bytes taken from peers per second at most, e.g. 10MiB (limits.download_rate).
+    #[arg(long, value_name = "RATE")]
+    pub download_rate: Option<peermirror::config::ByteRate>,
+    /// Distinct peers connected at once at most (limits.max_peers; 0: no limit).
+    #[arg(long, value_name = "N")]
+    pub max_peers: Option<u32>,
 }
 
 /// The settings of a node command: flags on top of the environment, the
@@ -52,6 +77,8 @@ pub fn settings_for(
     });
     if one_shot {
         defaults = defaults.set("net.listen", ["/ip4/127.0.0.1/tcp/0"]);
+    } else {
+        defaults = defaults.set("log.level", super::log::RUN_LOG_LEVEL);
     }
     let mut flags = Layer::new("command line");
     if !args.listen.is_empty() {
@@ -63,11 +90,32 @@ pub fn settings_for(
     if args.mdns {
         flags = flags.set("net.mdns", true);
     }
+    if !args.external_address.is_empty() {
+        flags = flags.set("net.external_addresses", &args.external_address);
+    }
+    if args.upnp {
+        flags = flags.set("net.upnp", true);
+    }
     if let Some(k) = args.keep {
         flags = flags.set("store.keep", k);
     }
     if let Some(h) = &args.http {
         flags = flags.set("http.listen", h);
+    }
+    if let Some(u) = &args.public_url {
+        flags = flags.set("http.public_url", u);
+    }
+    if let Some(r) = &args.region {
+        flags = flags.set("http.region", r);
+    }
+    if let Some(r) = args.upload_rate {
+        flags = flags.set("limits.upload_rate", r);
+    }
+    if let Some(r) = args.download_rate {
+        flags = flags.set("limits.download_rate", r);
+    }
+    if let Some(n) = args.max_peers {
+        flags = flags.set("limits.max_peers", n);
     }
     let mut s = super::settings(file, data, defaults, flags)?;
     // Collections named on the command line add to those of the file.
@@ -102,9 +150,19 @@ async fn shutdown_signal() {
     }
 }
 
-/// `peermirror run`.
+/// `peermirror run`. Collections named with `--follow` join the followed
+/// set recorded in the store.
 pub fn run(file: Option<&Path>, data: &Path, args: &NetArgs, follow: &[String]) -> Result<()> {
-    let cfg = node_config(&settings_for(file, data, args, follow, false)?, data)?;
+    let mut cfg = node_config(&settings_for(file, data, args, follow, false)?, data)?;
+    let named = follow
+        .iter()
+        .map(|f| FollowSpec::parse(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    for spec in &mut cfg.follow {
+        if named.iter().any(|n| n.collection == spec.collection) {
+            spec.remember = true;
+        }
+    }
     runtime()?.block_on(async {
         let node = Node::start(cfg, shutdown_signal())
             .await
@@ -118,32 +176,57 @@ pub fn run(file: Option<&Path>, data: &Path, args: &NetArgs, follow: &[String]) 
         }
         use std::io::Write;
         std::io::stdout().flush().ok();
+        // Listening, control socket up: ready for systemd (Type=notify).
+        super::service::ready(&node).await;
         node.stop_requested().await;
-        eprintln!("shutting down");
+        super::service::stopping();
+        tracing::info!("shutting down");
         node.shutdown().await;
         Ok(())
     })
 }
 
-/// `peermirror sync`: fetch the latest version once and exit.
+/// `peermirror sync`: fetch the latest version once and exit. `collection`
+/// is a ticket or an id; `only` makes a partial copy (recorded with the
+/// store, so gc, export and verify know it is partial).
 pub fn sync(
     file: Option<&Path>,
     data: &Path,
     args: &NetArgs,
     collection: &str,
+    only: &[String],
     wait: u64,
 ) -> Result<()> {
-    let c: CollectionId = collection.parse()?;
-    let settings = settings_for(file, data, args, &[c.to_string()], true)?;
-    let cfg = node_config(&settings, data)?;
+    let target = FollowSpec::parse(collection)?;
+    let c: CollectionId = target.collection;
+    peermirror::filter::PathFilter::new(only)?;
+    let settings = settings_for(file, data, args, &[collection.trim().to_string()], true)?;
+    let mut cfg = node_config(&settings, data)?;
+    if !only.is_empty() {
+        for spec in cfg.follow.iter_mut().filter(|s| s.collection == c) {
+            spec.only = Some(only.to_vec());
+        }
+    }
     if cfg.net.bootstrap.is_empty() {
         return Err(CommandError::new(
             ErrorKind::Usage,
-            "sync needs at least one --peer (or net.peers in the settings)",
+            "sync needs a ticket, or at least one --peer (or net.peers in the settings)",
         )
         .into());
     }
-    let wanted = cfg.net.bootstrap.len();
+    // Peers, not addresses: a ticket lists several addresses of one node.
+    let mut ids: Vec<String> = cfg
+        .net
+        .bootstrap
+        .iter()
+        .map(|a| match a.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(id)) => id.to_string(),
+            _ => a.to_string(),
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let wanted = ids.len();
     runtime()?.block_on(async {
         let node = Node::start(cfg, shutdown_signal())
             .await

@@ -6,13 +6,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use peermirror::announce::Freshness;
 use peermirror::config::Settings;
+use peermirror::control::status::CapsStatus;
 use peermirror::control::Status;
+use peermirror::human;
 use peermirror::publish::{DryRunReport, PublishReport};
 use peermirror::store::{ExportReport, GcReport, VerifyReport};
 
-/// `1.5 GiB`-style sizes.
+/// `1.50 GiB`-style sizes.
 pub fn bytes(n: u64) -> String {
-    indicatif::BinaryBytes(n).to_string()
+    human::bytes(n)
 }
 
 /// A byte progress bar on stderr, hidden when stderr is not a terminal.
@@ -126,11 +128,19 @@ pub fn status(s: &Status) {
         for a in &n.listen {
             println!("  listening on {a}");
         }
+        println!("  reachability: {}", reachability(&n.reachability));
+        for a in &n.external_addrs {
+            println!("  reachable at {a}");
+        }
+        if let Some(r) = &n.relay {
+            println!("  holding a relay slot on {r}");
+        }
         println!(
             "  sent {}, received {}",
             bytes(n.bytes_up),
             bytes(n.bytes_down)
         );
+        caps(&n.caps, n.peers.len());
     }
     if s.collections.is_empty() {
         println!("no collections in {}", s.data);
@@ -138,23 +148,35 @@ pub fn status(s: &Status) {
     for c in &s.collections {
         println!("{} ({})", c.name, c.id);
         match &c.current {
-            Some(v) => println!(
-                "  current: version {} ({} files, {}, published {})",
-                v.version,
-                v.files,
-                bytes(v.bytes),
-                v.published_at
-            ),
+            Some(v) => {
+                println!(
+                    "  current: version {} ({} files, {}, published {})",
+                    v.version,
+                    v.files,
+                    bytes(v.bytes),
+                    human::date_and_relative(v.published_at)
+                );
+                // (An expiring or expired one is warned about below.)
+                let warned = matches!(c.freshness, Some(Freshness::Expiring | Freshness::Expired));
+                if v.expires_at > 0 && !warned {
+                    println!(
+                        "  announcement expires {}",
+                        human::date_and_relative(v.expires_at)
+                    );
+                }
+            }
             None => println!("  current: none"),
         }
         match (c.freshness, c.expires_at) {
             (Some(Freshness::Expired), Some(t)) => println!(
-                "  EXPIRED: the newest announcement expired at {t}; \
-                 peers ignore it until the master publishes again"
+                "  EXPIRED: the newest announcement expired {}; \
+                 peers ignore it until the master publishes again",
+                human::date_and_relative(t)
             ),
-            (Some(Freshness::Expiring), Some(t)) => {
-                println!("  expiring: the newest announcement expires at {t}")
-            }
+            (Some(Freshness::Expiring), Some(t)) => println!(
+                "  expiring: the newest announcement expires {}",
+                human::date_and_relative(t)
+            ),
             _ => {}
         }
         match c.in_progress {
@@ -171,6 +193,14 @@ pub fn status(s: &Status) {
                     }
                 }
             }
+        }
+        if !c.partial.is_empty() {
+            println!("  partial (patterns {})", c.partial.join(", "));
+        }
+        if c.unfollowed {
+            println!("  unfollowed: its versions are dropped by the next gc");
+        } else if !c.followed {
+            println!("  not followed (held only; `peermirror follow` follows it)");
         }
         if let Some(r) = &c.refused {
             println!("  refused: version {}: {}", r.version, r.reason);
@@ -191,9 +221,45 @@ pub fn status(s: &Status) {
         println!("peers: {}", n.peers.len());
         for p in &n.peers {
             let rtt = p.rtt_ms.map_or("?".to_string(), |r| format!("{r:.2} ms"));
-            println!("  {} rtt {} {}", p.id, rtt, p.addrs.join(" "));
+            let path = if p.path.is_empty() { "?" } else { &p.path };
+            println!("  {} {} rtt {} {}", p.id, path, rtt, p.addrs.join(" "));
         }
     }
+}
+
+/// What a reachability word means for the operator.
+fn reachability(r: &str) -> String {
+    match r {
+        "public" => "public (peers can dial this node; it relays for others)".into(),
+        "private" => {
+            "private (behind NAT: reached through a relay, direct after hole punching)".into()
+        }
+        "" | "unknown" => "unknown (not tested yet)".into(),
+        other => other.into(),
+    }
+}
+
+/// The volunteer caps line: each cap and what moves now.
+fn caps(c: &CapsStatus, peers: usize) {
+    let cap = |n: u64| {
+        if n == 0 {
+            "unlimited".to_string()
+        } else {
+            human::rate(n as f64)
+        }
+    };
+    let max_peers = if c.max_peers == 0 {
+        "no limit".to_string()
+    } else {
+        c.max_peers.to_string()
+    };
+    println!(
+        "  upload {} (cap {}), download {} (cap {}), peers {peers} (max {max_peers})",
+        human::rate(c.upload_rate),
+        cap(c.upload_cap),
+        human::rate(c.download_rate),
+        cap(c.download_cap),
+    );
 }
 
 /// `config`: every setting, its value and where it came from.

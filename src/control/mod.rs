@@ -9,6 +9,7 @@
 //! answers with one JSON `Result<Response, CommandError>` on a line and
 //! closes the connection.
 
+pub mod follow;
 pub mod status;
 
 use std::io::{BufRead, BufReader, Write};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::publish::{DryRunReport, PublishReport};
 use crate::store::{ExportReport, GcReport, VerifyReport};
+pub use follow::{FollowReport, TicketReport, UnfollowReport};
 pub use status::Status;
 
 /// A command. Paths must be absolute: the node may run elsewhere.
@@ -71,6 +73,31 @@ pub enum Request {
         /// Versions to keep.
         keep: usize,
     },
+    /// Follow a collection (recorded: every later start follows it too).
+    Follow {
+        /// A collection id or a ticket (whose addresses are recorded as
+        /// peers for it and dialled).
+        target: String,
+        /// Paths to mirror; `None`: the ticket's, or all of them.
+        only: Option<Vec<String>>,
+    },
+    /// Stop following a collection; the next gc drops its versions.
+    Unfollow {
+        /// Collection id or name.
+        collection: String,
+    },
+    /// A ticket for a collection held or followed here.
+    Ticket {
+        /// Collection id or name.
+        collection: String,
+        /// Addresses the operator lists (multiaddr or `HOST:PORT`), first.
+        addrs: Vec<String>,
+        /// Paths to mirror, put in the ticket.
+        only: Vec<String>,
+        /// The configured listen addresses, used when no node runs (a
+        /// running node uses the addresses it really has).
+        listen: Vec<String>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -88,6 +115,12 @@ pub enum Response {
     Verified(VerifyReport),
     /// For [`Request::Gc`].
     Collected(GcReport),
+    /// For [`Request::Follow`].
+    Followed(FollowReport),
+    /// For [`Request::Unfollow`].
+    Unfollowed(UnfollowReport),
+    /// For [`Request::Ticket`].
+    Ticket(TicketReport),
 }
 
 /// What kind of failure a command met: it decides the exit code, and it
@@ -178,7 +211,11 @@ impl ErrorKind {
                 _ => ErrorKind::Usage,
             });
         }
-        if e.is::<crate::config::ConfigError>() {
+        if e.is::<crate::config::ConfigError>()
+            || e.is::<crate::ticket::TicketError>()
+            || e.is::<crate::ticket::AddrError>()
+            || e.is::<crate::filter::FilterError>()
+        {
             return Some(ErrorKind::Usage);
         }
         None

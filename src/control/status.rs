@@ -29,6 +29,39 @@ pub struct NodeInfo {
     pub bytes_down: u64,
     /// Connected peers.
     pub peers: Vec<PeerStatus>,
+    /// Whether peers can dial this node: `public`, `private` (behind NAT)
+    /// or `unknown` (AutoNAT has not concluded).
+    #[serde(default)]
+    pub reachability: String,
+    /// Confirmed external addresses (configured, found by AutoNAT or UPnP,
+    /// or relayed through the relay it holds a slot on).
+    #[serde(default)]
+    pub external_addrs: Vec<String>,
+    /// The relay it holds a slot on, if any.
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// Peers remembered from earlier connections (saved across restarts).
+    #[serde(default)]
+    pub known_peers: usize,
+    /// The volunteer caps and the chunk rates right now.
+    #[serde(default)]
+    pub caps: CapsStatus,
+}
+
+/// What a node donates ([`crate::config::LimitsSettings`]) and what it is
+/// moving now, so an operator sees whether the caps are what limits it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CapsStatus {
+    /// Chunk bytes per second sent to peers at most (0: unlimited).
+    pub upload_cap: u64,
+    /// Chunk bytes per second taken from peers at most (0: unlimited).
+    pub download_cap: u64,
+    /// Distinct peers connected at most (0: only the connection limit).
+    pub max_peers: u32,
+    /// Chunk bytes per second sent over the last few seconds.
+    pub upload_rate: f64,
+    /// Chunk bytes per second received over the last few seconds.
+    pub download_rate: f64,
 }
 
 /// Store totals.
@@ -73,6 +106,15 @@ pub struct CollectionStatus {
     /// A newer version the node does not fetch, and why (running node only).
     #[serde(default)]
     pub refused: Option<Refused>,
+    /// Whether it is in the followed set (followed at every start).
+    #[serde(default)]
+    pub followed: bool,
+    /// Unfollowed: the next gc drops its versions.
+    #[serde(default)]
+    pub unfollowed: bool,
+    /// A partial mirror's paths (empty: the whole collection).
+    #[serde(default)]
+    pub partial: Vec<String>,
 }
 
 /// A version a node will not fetch: over the store quota (refused until the
@@ -120,4 +162,7 @@ pub struct PeerStatus {
     pub addrs: Vec<String>,
     /// Last ping round trip, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// The path bulk data takes: `direct`, `relayed` or `hole-punched`.
+    #[serde(default)]
+    pub path: String,
 }

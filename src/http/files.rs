@@ -119,11 +119,11 @@ pub async fn serve<B>(req: &Request<B>, rep: Representation, source: Source) -> 
                 // Read the first chunk now: a chunk that fails its hash then
                 // fails the request before any header is sent.
                 let first = pieces.iter().find_map(|p| match p {
-                    Piece::File { start, end } if start < end => Some(*start),
+                    Piece::File { start, end } if start < end => Some((*start, *end)),
                     _ => None,
                 });
-                if let Some(pos) = first {
-                    if let Err(e) = reader.read_at(pos).await {
+                if let Some((pos, until)) = first {
+                    if let Err(e) = reader.read_at(pos, until).await {
                         return unavailable(&e);
                     }
                 }

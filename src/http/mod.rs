@@ -6,12 +6,16 @@
 //!
 //! - this file: [`HttpConfig`], [`Gateway`] and the request router.
 //! - `server`: [`serve`], the accept loop and graceful shutdown.
+//! - `conn`: the send timeout on a client that stops reading.
 //! - `path`: request path to manifest entry, refusing every way out.
 //! - `snapshot`: the version a request reads, fixed and leased at its start.
 //! - `files`: GET/HEAD, conditional requests, byte ranges.
 //! - `body`: bodies streamed chunk by chunk from the store, verified.
 //! - `listing`: HTML and JSON listings, `/`, `SHA256SUMS`.
+//! - `metrics`: `/metrics`, and counting every response and body byte.
 //! - `range`: the `Range` header.
+//! - `redirect`: `/r/<collection>/<path>`, sending clients to a mirror.
+//! - `metalink`: `<path>.meta4` Metalink documents listing the mirrors.
 //!
 //! # URLs
 //!
@@ -25,6 +29,12 @@
 //! `X-Peermirror-Version` (the version whose bytes it holds) and
 //! `X-Peermirror-Collection`.
 //!
+//! `/r/<collection>/<path>` answers 302 to a mirror that holds the newest
+//! version (see `redirect`), and `/r/<collection>/<path>.meta4` and
+//! `/<collection>/<path>.meta4` (when the tree has no such file) a
+//! Metalink document listing them (see `metalink`). A collection named
+//! `r` is therefore reachable by id only.
+//!
 //! # Versions and integrity
 //!
 //! A request reads one version from start to end, under a read lease that
@@ -35,10 +45,14 @@
 //! [`Gateway::with_corrupt_chunk_hook`], and is never sent.
 
 mod body;
+mod conn;
 mod files;
 mod listing;
+mod metalink;
+mod metrics;
 mod path;
 mod range;
+mod redirect;
 mod server;
 mod snapshot;
 
@@ -56,7 +70,11 @@ use snapshot::{Lookup, ManifestCache, Snapshot};
 
 use crate::hash::Hash;
 use crate::manifest::{EntryKind, Manifest};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+
+/// The largest chunk a manifest may name: the budget always fits one.
+const MAX_CHUNK_BYTES: usize = crate::chunk::MAX_CHUNK_LEN as usize;
 
 /// Header naming the version whose bytes a response holds.
 pub const VERSION_HEADER: &str = "x-peermirror-version";
@@ -75,32 +93,57 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// How long a shutdown waits for responses in flight before cutting them.
     pub shutdown_timeout: Duration,
+    /// What the node advertises as a mirror, and the redirector's GeoIP
+    /// database.
+    pub mirror: crate::mirrors::MirrorSettings,
+    /// Chunk bytes all responses together may hold in memory; a response
+    /// waits (up to [`BUFFER_WAIT`]) for others to drain past this.
+    pub max_buffer_bytes: usize,
 }
 
 impl HttpConfig {
-    /// The gateway `[http]` describes, listening on `listen`.
-    pub fn from_settings(listen: SocketAddr, s: &crate::config::HttpSettings) -> Self {
-        HttpConfig {
+    /// The gateway `[http]` describes, listening on `listen`; refuses
+    /// mirror settings that cannot be used.
+    pub fn from_settings(
+        listen: SocketAddr,
+        s: &crate::config::HttpSettings,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(HttpConfig {
             listen,
             grace: Duration::from_secs(s.grace_secs),
             max_connections: s.max_connections,
             shutdown_timeout: SHUTDOWN_TIMEOUT,
-        }
+            mirror: crate::mirrors::MirrorSettings::from_settings(s)?,
+            max_buffer_bytes: MAX_BUFFER_BYTES,
+        })
     }
 }
 
 impl Default for HttpConfig {
     /// The `[http]` defaults, on loopback port 8080.
     fn default() -> Self {
-        HttpConfig::from_settings(
-            SocketAddr::from(([127, 0, 0, 1], 8080)),
-            &crate::config::HttpSettings::default(),
-        )
+        let s = crate::config::HttpSettings::default();
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grace: Duration::from_secs(s.grace_secs),
+            max_connections: s.max_connections,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
+            mirror: Default::default(),
+            max_buffer_bytes: MAX_BUFFER_BYTES,
+        }
     }
 }
 
 /// How long a shutdown waits for responses in flight before cutting them.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default [`HttpConfig::max_buffer_bytes`]: 128 MiB, a second of a
+/// 1 Gbit/s uplink several times over.
+pub const MAX_BUFFER_BYTES: usize = 128 << 20;
+
+/// How long a response waits for buffer budget before it fails (503 before
+/// the headers, a cut transfer after).
+pub const BUFFER_WAIT: Duration = Duration::from_secs(60);
 
 /// Why the gateway stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +154,18 @@ pub enum HttpError {
     Listener(#[source] std::io::Error),
 }
 
+/// The client's address, which the server puts in every request's
+/// extensions (the redirector ranks mirrors by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
 /// Where the gateway answers `GET /.well-known/peermirror`.
 pub const STATUS_PATH: &str = "/.well-known/peermirror";
+
+/// Where the gateway serves Prometheus metrics (when given some with
+/// [`Gateway::with_metrics`]). Exactly this path: a collection named
+/// `metrics` is still served at `/metrics/` and below.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// The node's status as JSON, for [`STATUS_PATH`].
 pub type StatusHook = Arc<
@@ -136,8 +189,13 @@ struct Inner {
     grace: Duration,
     max_connections: usize,
     shutdown_timeout: Duration,
+    /// The buffer budget, in bytes (see [`HttpConfig::max_buffer_bytes`]).
+    buffers: Arc<tokio::sync::Semaphore>,
     on_corrupt: Option<CorruptChunkHook>,
     status: Option<StatusHook>,
+    /// The mirrors the redirector chooses from (`None`: no `/r/`).
+    mirrors: Option<Arc<crate::mirrors::Mirrors>>,
+    metrics: Option<Metrics>,
     manifests: ManifestCache,
     /// The last generated SHA256SUMS, by manifest id.
     sums: std::sync::Mutex<Option<(Hash, Bytes)>>,
@@ -152,8 +210,15 @@ impl Gateway {
                 grace: config.grace,
                 max_connections: config.max_connections.max(1),
                 shutdown_timeout: config.shutdown_timeout,
+                buffers: Arc::new(tokio::sync::Semaphore::new(
+                    config
+                        .max_buffer_bytes
+                        .clamp(MAX_CHUNK_BYTES, tokio::sync::Semaphore::MAX_PERMITS),
+                )),
                 on_corrupt: None,
                 status: None,
+                mirrors: None,
+                metrics: None,
                 manifests: ManifestCache::default(),
                 sums: std::sync::Mutex::new(None),
             }),
@@ -175,8 +240,11 @@ impl Gateway {
             grace: i.grace,
             max_connections: i.max_connections,
             shutdown_timeout: i.shutdown_timeout,
+            buffers: i.buffers.clone(),
             on_corrupt: i.on_corrupt.clone(),
             status: i.status.clone(),
+            mirrors: i.mirrors.clone(),
+            metrics: i.metrics.clone(),
             manifests: ManifestCache::default(),
             sums: std::sync::Mutex::new(None),
         };
@@ -184,6 +252,12 @@ impl Gateway {
         Gateway {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Answers `/r/...` and `.meta4` from the records and health of
+    /// `mirrors`.
+    pub fn with_mirrors(self, mirrors: Arc<crate::mirrors::Mirrors>) -> Self {
+        self.rebuilt(|i| i.mirrors = Some(mirrors))
     }
 
     /// The store served.
@@ -199,28 +273,6 @@ impl Gateway {
         &self.inner.manifests
     }
 
-    /// Drops a chunk that failed its hash (off the async threads) and tells
-    /// the hook.
-    fn report_corrupt(&self, id: Hash) {
-        let gw = self.clone();
-        tokio::spawn(async move {
-            let store = gw.store().clone();
-            match crate::task::blocking("dropping a corrupt chunk", move || {
-                store.drop_corrupt_chunk(&id)
-            })
-            .await
-            {
-                Ok(true) => {
-                    if let Some(hook) = &gw.inner.on_corrupt {
-                        hook(id);
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot drop a corrupt chunk"),
-            }
-        });
-    }
-
     /// Answers [`STATUS_PATH`] with what `hook` returns (JSON): names
     /// never start with a dot, so the path cannot hide a collection.
     pub fn with_status_hook(self, hook: StatusHook) -> Self {
@@ -230,6 +282,16 @@ impl Gateway {
     /// Answers one request (any body is ignored). Never fails: errors
     /// become error responses.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        match &self.inner.metrics {
+            None => self.respond(req).await,
+            Some(m) if req.uri().path() == METRICS_PATH => {
+                metrics::counted(m, metrics::scrape(m, &req).await)
+            }
+            Some(m) => metrics::counted(m, self.respond(req).await),
+        }
+    }
+
+    async fn respond<B>(&self, req: Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             r.headers_mut()
@@ -262,6 +324,7 @@ impl Gateway {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, path = req.uri().path(), "request failed");
+                    self.fault(crate::metrics::Fault::HttpStore);
                     text(StatusCode::SERVICE_UNAVAILABLE, "store error\n")
                 }
             },
@@ -280,6 +343,9 @@ impl Gateway {
         let Some(first) = p.segments.first() else {
             return self.root(req).await;
         };
+        if let (Some(m), "r") = (&self.inner.mirrors, first.as_str()) {
+            return redirect::handle(self, m, req, p).await;
+        }
         let id = match self.lookup(first).await? {
             Lookup::Found(id) => id,
             Lookup::NotFound => return Ok(text(StatusCode::NOT_FOUND, "no such collection\n")),
@@ -314,6 +380,15 @@ impl Gateway {
     ) -> Option<Response<Body>> {
         let rest = &p.segments[1..];
         match path::resolve(&snap.manifest, rest) {
+            path::Resolved::File(i) if !snap.filter.wants(&snap.manifest.entries[i].path) => {
+                Some(text(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "not mirrored here: this node keeps only part of this collection ({})\n",
+                        snap.filter
+                    ),
+                ))
+            }
             path::Resolved::File(i) => Some(self.file(req, snap, i).await),
             path::Resolved::Dir(_) if !p.trailing_slash => Some(redirect_to_dir(req)),
             path::Resolved::Dir(dir) => Some(self.listing(req, snap, &dir)),
@@ -323,6 +398,10 @@ impl Gateway {
             )),
             path::Resolved::NotFound if generated && rest == ["SHA256SUMS"] => {
                 self.sums(req, snap).await
+            }
+            path::Resolved::NotFound if generated && metalink::target(rest).is_some() => {
+                let m = self.inner.mirrors.as_ref()?;
+                metalink::beside(self, m, req, snap, rest).await
             }
             path::Resolved::NotFound => None,
         }
@@ -394,7 +473,21 @@ impl Gateway {
     }
 
     fn listing<B>(&self, req: &Request<B>, snap: &Snapshot, dir: &str) -> Response<Body> {
-        let children = listing::children(&snap.manifest, dir);
+        let mut children = listing::children(&snap.manifest, dir);
+        if !snap.filter.is_all() {
+            // A partial mirror lists what it serves.
+            children.retain(|c| {
+                let path = if dir.is_empty() {
+                    c.name.clone()
+                } else {
+                    format!("{dir}/{}", c.name)
+                };
+                match c.kind {
+                    "dir" => snap.filter.holds(&path),
+                    _ => snap.filter.wants(&path),
+                }
+            });
+        }
         let collection = snap.collection.to_string();
         let heading = listing::Heading {
             collection: &collection,

@@ -1,6 +1,6 @@
 //! The accept loop: HTTP/1.1 connections served by hyper, a cap on how
-//! many at once, and a graceful shutdown that lets responses in flight
-//! finish for a while.
+//! many at once, a send timeout on each (see `conn`), and a graceful
+//! shutdown that lets responses in flight finish for a while.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use super::conn::{SendTimeout, SEND_TIMEOUT};
 use super::{Gateway, HttpError};
 
 /// Accept errors that concern one connection or a passing shortage, not
@@ -59,20 +60,32 @@ pub async fn serve(
                     }
                     Err(e) => return Err(HttpError::Listener(e)),
                 };
+                let metrics = gateway.metrics().cloned();
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::debug!(%peer, "too many http connections; closing one");
+                    if let Some(m) = &metrics {
+                        m.http_refused();
+                    }
                     continue;
                 };
+                if let Some(m) = &metrics {
+                    m.http_connection(true);
+                }
                 let _ = stream.set_nodelay(true);
                 let gw = gateway.clone();
-                let service = hyper::service::service_fn(move |req| {
+                let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                    req.extensions_mut().insert(super::ClientAddr(peer));
                     let gw = gw.clone();
                     async move { Ok::<_, Infallible>(gw.handle(req).await) }
                 });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let io = TokioIo::new(SendTimeout::new(stream, SEND_TIMEOUT));
+                let conn = graceful.watch(builder.serve_connection(io, service));
                 conns.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "http connection ended");
+                    }
+                    if let Some(m) = &metrics {
+                        m.http_connection(false);
                     }
                     drop(slot);
                 });

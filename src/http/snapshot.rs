@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Gateway;
+use crate::filter::PathFilter;
 use crate::hash::Hash;
 use crate::keys::CollectionId;
 use crate::manifest::Manifest;
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub manifest_id: Hash,
     /// Keeps the manifest and its chunks from gc.
     pub lease: Arc<ReadLease>,
+    /// The paths this node mirrors (a partial mirror serves only those).
+    pub filter: Arc<PathFilter>,
 }
 
 /// What the first path segment names.
@@ -57,7 +60,7 @@ pub enum Lookup {
 pub struct ManifestCache(std::sync::Mutex<Vec<(Hash, Arc<Manifest>)>>);
 
 impl ManifestCache {
-    fn get(&self, id: &Hash) -> Option<Arc<Manifest>> {
+    pub(super) fn get(&self, id: &Hash) -> Option<Arc<Manifest>> {
         let mut v = crate::task::lock(&self.0);
         let i = v.iter().position(|(k, _)| k == id)?;
         let hit = v.remove(i);
@@ -66,7 +69,7 @@ impl ManifestCache {
         Some(m)
     }
 
-    fn put(&self, id: Hash, m: Arc<Manifest>) {
+    pub(super) fn put(&self, id: Hash, m: Arc<Manifest>) {
         let mut v = crate::task::lock(&self.0);
         v.retain(|(k, _)| *k != id);
         v.insert(0, (id, m));
@@ -172,6 +175,7 @@ impl Gateway {
                 }
             };
             Ok(Some(Snapshot {
+                filter: Arc::new(store.filter(&id)?),
                 collection: id,
                 name: a.body.name.clone(),
                 version: a.body.version,

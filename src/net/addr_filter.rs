@@ -8,6 +8,13 @@
 //! loopback; private (RFC 1918, CGNAT, link-local, unique-local) only from a
 //! peer we reach over loopback or a private network, that is when we are on
 //! such a network ourselves.
+//!
+//! A relayed address (`<relay address>/p2p/<relay>/p2p-circuit[/p2p/<peer>]`)
+//! is judged by its relay part, by the same rules: the peer names a relay it
+//! holds a slot on, and the relay's address must be one it could reach.
+//! Anything after `/p2p-circuit` other than one `/p2p/<id>` is refused, and so
+//! is a circuit without a relay address (nothing to dial) or through two
+//! relays.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -89,6 +96,19 @@ fn scope(addr: &Multiaddr) -> Scope {
 /// Whether `addr`, reported by a peer we are connected to over `seen_on`,
 /// may be stored and handed on.
 pub(crate) fn acceptable(addr: &Multiaddr, seen_on: &[Multiaddr]) -> bool {
+    let parts: Vec<Protocol<'_>> = addr.iter().collect();
+    if let Some(at) = parts.iter().position(|p| matches!(p, Protocol::P2pCircuit)) {
+        let relay: Multiaddr = parts[..at].iter().cloned().collect();
+        let tail = &parts[at + 1..];
+        let relay_named = matches!(relay.iter().last(), Some(Protocol::P2p(_)));
+        let tail_ok = matches!(tail, [] | [Protocol::P2p(_)]);
+        return relay_named && tail_ok && acceptable_direct(&relay, seen_on);
+    }
+    acceptable_direct(addr, seen_on)
+}
+
+/// [`acceptable`] for an address that does not go through a relay.
+fn acceptable_direct(addr: &Multiaddr, seen_on: &[Multiaddr]) -> bool {
     // The narrowest scope we reach the peer through: a peer reached over
     // loopback may name loopback and private addresses, and so on.
     let reach = seen_on.iter().map(scope).min().unwrap_or(Scope::Global);
@@ -143,6 +163,36 @@ mod tests {
             "/ip4/1.1.1.1",
         ] {
             assert!(!acceptable(&a(bogus), &lo), "{bogus}");
+        }
+    }
+
+    #[test]
+    fn relayed_addresses_are_judged_by_their_relay() {
+        let relay = libp2p::PeerId::random();
+        let peer = libp2p::PeerId::random();
+        let public = [a("/ip4/93.184.216.34/tcp/4100")];
+        let lan = [a("/ip4/192.168.1.20/tcp/51000")];
+        let via = |r: &str| a(&format!("{r}/p2p/{relay}/p2p-circuit/p2p/{peer}"));
+        assert!(acceptable(&via("/ip4/1.1.1.1/tcp/4100"), &public));
+        assert!(acceptable(
+            &a(&format!(
+                "/ip4/1.1.1.1/udp/4100/quic-v1/p2p/{relay}/p2p-circuit"
+            )),
+            &public
+        ));
+        // The relay part follows the same rules as any address.
+        assert!(!acceptable(&via("/ip4/10.0.0.5/tcp/4100"), &public));
+        assert!(acceptable(&via("/ip4/10.0.0.5/tcp/4100"), &lan));
+        assert!(!acceptable(&via("/ip4/127.0.0.1/tcp/4100"), &lan));
+        assert!(!acceptable(&via("/ip4/0.0.0.0/tcp/4100"), &public));
+        // No relay address, no relay id, two relays, or junk after the circuit.
+        for bad in [
+            format!("/p2p/{relay}/p2p-circuit/p2p/{peer}"),
+            "/ip4/1.1.1.1/tcp/4100/p2p-circuit".to_string(),
+            format!("/ip4/1.1.1.1/tcp/4100/p2p/{relay}/p2p-circuit/p2p/{peer}/p2p-circuit"),
+            format!("/ip4/1.1.1.1/tcp/4100/p2p/{relay}/p2p-circuit/ip4/10.0.0.1/tcp/1"),
+        ] {
+            assert!(!acceptable(&a(&bad), &public), "{bad}");
         }
     }
 }

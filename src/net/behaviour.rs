@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use libp2p::{
-    connection_limits, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping,
-    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, yamux, StreamProtocol, Swarm,
-    SwarmBuilder,
+    autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, kad, mdns, noise,
+    ping, relay, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, upnp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder,
 };
 
-use super::{ip_limits, latest_protocol, NetConfig, NetError};
+use super::{ip_limits, latest_protocol, nat::RelayLimits, NetConfig, NetError};
 
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/peermirror/id/1.0.0";
@@ -29,6 +29,11 @@ pub(crate) struct Behaviour {
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) autonat: Toggle<autonat::Behaviour>,
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) dcutr: dcutr::Behaviour,
+    pub(crate) upnp: Toggle<upnp::tokio::Behaviour>,
     pub(crate) latest: latest_protocol::LatestBehaviour,
     pub(crate) stream: libp2p_stream::Behaviour,
 }
@@ -75,11 +80,47 @@ pub(crate) fn topic_score_params() -> gossipsub::TopicScoreParams {
     }
 }
 
+/// AutoNAT v1: a verdict (public, private, unknown) is what the relay
+/// policy needs; v2 only tests single addresses. Probes start soon after
+/// start and are retried every 30 s until the verdict is firm.
+fn autonat_behaviour(peer_id: libp2p::PeerId, private: bool) -> autonat::Behaviour {
+    let config = autonat::Config {
+        boot_delay: Duration::from_secs(5),
+        retry_interval: Duration::from_secs(30),
+        throttle_server_period: Duration::from_secs(15),
+        only_global_ips: !private,
+        ..Default::default()
+    };
+    autonat::Behaviour::new(peer_id, config)
+}
+
+/// The relay server, within `l`. It advertises the hop protocol only while
+/// the node has a confirmed external address, that is while peers can
+/// reach it.
+fn relay_behaviour(peer_id: libp2p::PeerId, l: &RelayLimits) -> relay::Behaviour {
+    let config = relay::Config {
+        max_reservations: l.max_reservations,
+        max_circuits: l.max_circuits,
+        max_circuit_bytes: l.circuit_bytes,
+        max_circuit_duration: l.circuit_duration,
+        ..Default::default()
+    };
+    relay::Behaviour::new(peer_id, config)
+}
+
 impl Behaviour {
-    fn new(key: &Keypair, cfg: &NetConfig) -> Result<Self, NetError> {
+    fn new(
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+        cfg: &NetConfig,
+    ) -> Result<Self, NetError> {
         let peer_id = key.public().to_peer_id();
         let kad = if cfg.kademlia {
-            let kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            // Provider records reach the store only after the event loop
+            // has passed their addresses through the address filter; value
+            // records are not used and never stored.
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),
@@ -106,50 +147,91 @@ impl Behaviour {
             .with_max_pending_incoming(Some(l.max_connections));
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits),
-            ip_limits: ip_limits::Behaviour::new(l.max_connections_per_ip),
-            identify: identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_PROTOCOL.to_string(),
-                key.public(),
-            )),
+            ip_limits: ip_limits::Behaviour::new(l.max_connections_per_ip, l.max_peers),
+            // Listen address updates are pushed, so peers learn a relayed
+            // address as soon as the reservation is made.
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_push_listen_addr_updates(true),
+            ),
             ping: ping::Behaviour::new(ping::Config::new()),
             gossipsub: gossipsub_behaviour(key)?,
             kad: kad.into(),
             mdns: mdns.into(),
+            autonat: cfg
+                .nat
+                .autonat
+                .then(|| autonat_behaviour(peer_id, cfg.nat.autonat_private))
+                .into(),
+            relay: cfg
+                .nat
+                .relay
+                .as_ref()
+                .map(|l| relay_behaviour(peer_id, l))
+                .into(),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
+            upnp: cfg.nat.upnp.then(upnp::tokio::Behaviour::default).into(),
             latest: latest_protocol::behaviour(l.latest_timeout, l.latest_in_flight),
             stream: libp2p_stream::Behaviour::new(),
         })
     }
 }
 
-/// Builds the swarm: TCP + noise + yamux and QUIC, with the idle connection
-/// timeout from the config.
+/// Builds the swarm: TCP + noise + yamux, QUIC, and circuits through relays
+/// (noise + yamux over the relayed stream), wrapped in DNS resolution
+/// (`/dns4`, `/dns6`, `/dns` peers), with the idle connection timeout from
+/// the config.
 pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let mut behaviour_error = None;
-    let swarm = SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            // No setters: any setter switches yamux to its slow legacy engine
-            // with a fixed 256 KiB window.
-            yamux::Config::default,
-        )
-        .map_err(|e| NetError::Build(format!("tcp transport: {e}")))?
-        .with_quic()
-        .with_behaviour(|key| match Behaviour::new(key, cfg) {
-            Ok(b) => Ok(b),
-            Err(e) => {
-                let msg = e.to_string();
-                behaviour_error = Some(e);
-                Err(msg.into())
-            }
-        })
-        .map_err(|e| {
-            behaviour_error
-                .take()
-                .unwrap_or_else(|| NetError::Build(e.to_string()))
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
-        .build();
+    let transports = || {
+        SwarmBuilder::with_existing_identity(keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                // No setters: any setter switches yamux to its slow legacy engine
+                // with a fixed 256 KiB window.
+                yamux::Config::default,
+            )
+            .map_err(|e| NetError::Build(format!("tcp transport: {e}")))
+            .map(|b| b.with_quic())
+    };
+    // The rest of the build, for either DNS resolver below.
+    macro_rules! finish {
+        ($builder:expr) => {
+            $builder
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| NetError::Build(format!("relay transport: {e}")))?
+                .with_behaviour(
+                    |key, relay_client| match Behaviour::new(key, relay_client, cfg) {
+                        Ok(b) => Ok(b),
+                        Err(e) => {
+                            let msg = e.to_string();
+                            behaviour_error = Some(e);
+                            Err(msg.into())
+                        }
+                    },
+                )
+                .map_err(|e| {
+                    behaviour_error
+                        .take()
+                        .unwrap_or_else(|| NetError::Build(e.to_string()))
+                })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
+                .build()
+        };
+    }
+    let swarm = match transports()?.with_dns() {
+        Ok(b) => finish!(b),
+        Err(e) => {
+            // No usable /etc/resolv.conf: names still resolve from /etc/hosts.
+            tracing::warn!(error = %e, "no DNS servers configured; /dns peers resolve from /etc/hosts only");
+            finish!(transports()?.with_dns_config(
+                libp2p::dns::ResolverConfig::default(),
+                libp2p::dns::ResolverOpts::default()
+            ))
+        }
+    };
     Ok(swarm)
 }

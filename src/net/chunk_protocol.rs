@@ -1,21 +1,31 @@
-//! Wire format of the `/peermirror/chunk/1` bulk-transfer protocol.
+//! Wire format of the `/peermirror/chunk/2` bulk-transfer protocol (see
+//! `docs/protocol.md` section 6.2, which gives every frame byte by byte).
 //!
-//! A stream carries a sequence of request/response exchanges: the client
-//! writes one request frame, then reads exactly one response frame, and may
-//! then reuse the stream for the next request. All integers are big-endian.
+//! A stream carries a sequence of exchanges: the client writes one request
+//! frame, then reads its whole answer, and may then reuse the stream. A
+//! `Get` is answered by one frame per id, so many small chunks travel in one
+//! exchange and each can be checked as it arrives; a `Subscribe` is answered
+//! by a have-map and then by updates pushed for as long as the server's
+//! download runs. All integers are big-endian.
 //!
 //! ```text
-//! request  := 0x01 id[32]                        -- Chunk(id)
-//!           | 0x02 count:u32 id[32]*count         -- Have(ids), count <= 65,536
-//!           | 0x03 id[32]                        -- ManifestChunks(manifest id)
-//! response := 0x01 len:u32 body[len]              -- Found(body), len <= 8 MiB
-//!           | 0x02                                -- NotFound
-//!           | 0x03 count:u32 bitmap[ceil(count/8)] -- Have bitmap, bit i = ids[i]
-//!           | 0x04 count:u32 (id[32] len:u32)*count -- the chunks of an encoded
-//!                                                   manifest, in order, count <= 65,536
+//! request  := 0x01 count:u32 id[32]*count          -- Get(ids), 1 <= count <= 8192
+//!           | 0x02 count:u32 id[32]*count          -- Have(ids), count <= 65,536
+//!           | 0x03 id[32]                          -- ManifestChunks(manifest id)
+//!           | 0x04 id[32]                          -- Subscribe(manifest id)
+//! response := 0x01 len:u32 body[len]               -- Found(body), len <= 8 MiB
+//!           | 0x02                                 -- NotFound
+//!           | 0x03 count:u32 bitmap[ceil(count/8)] -- Have: bit i for ids[i]
+//!           | 0x04 count:u32 (id[32] len:u32)*count -- ManifestChunks, count <= 65,536
+//!           | 0x05 count:u32 bitmap[ceil(count/8)] -- Map: bit i for chunk i of the order
+//!           | 0x06 count:u32                       -- All: every chunk of the order
+//!           | 0x07 n:u32 index:u32*n               -- Added: newly held, 1 <= n <= 65,536
 //! ```
 //!
 //! Bitmap bit `i` lives in byte `i / 8` at bit position `i % 8` (LSB first).
+//! Every count and length is checked against its limit from the header,
+//! before anything is allocated, and large bodies are read in pieces so
+//! memory grows with the bytes that arrive, not with what a header claims.
 //! Any unknown tag, oversized length or truncated frame is an error with
 //! [`std::io::ErrorKind::InvalidData`] or [`std::io::ErrorKind::UnexpectedEof`];
 //! the caller then drops the stream.
@@ -25,48 +35,74 @@ use std::io;
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::chunk_board::Bitmap;
 use crate::hash::Hash;
 use crate::manifest::ChunkRef;
 
 /// Protocol name negotiated for chunk streams.
-pub const PROTOCOL_NAME: &str = "/peermirror/chunk/1";
+pub const PROTOCOL_NAME: &str = "/peermirror/chunk/2";
 /// Largest chunk body accepted or sent: the chunker's own bound.
 pub const MAX_CHUNK_LEN: usize = crate::chunk::MAX_CHUNK_LEN as usize;
 /// Largest number of ids in one `Have` request.
 pub const MAX_HAVE_IDS: usize = 65_536;
+/// Largest number of ids in one `Get` request: 256 KiB of ids, enough to
+/// keep a link busy with 2 KiB chunks for a while.
+pub const MAX_GET_IDS: usize = 8192;
+/// Most chunks an encoded manifest may be cut into on the wire. A manifest
+/// is at most 4 GiB and cut with the default chunker (at least 256 KiB a
+/// chunk but the last), so an honest list has at most 16,385 entries.
+pub const MAX_MANIFEST_CHUNKS: usize = 65_536;
+/// Largest chunk order a have-map may cover: a 4 GiB manifest names fewer
+/// distinct chunks (36 bytes each), so 16 MiB of bitmap at most.
+pub const MAX_ORDER_LEN: u32 = 1 << 27;
+/// Most indices in one `Added` frame.
+pub const MAX_ADDED: usize = 65_536;
 
-const REQ_CHUNK: u8 = 0x01;
+const REQ_GET: u8 = 0x01;
 const REQ_HAVE: u8 = 0x02;
 const REQ_MANIFEST: u8 = 0x03;
+const REQ_SUBSCRIBE: u8 = 0x04;
 const RESP_FOUND: u8 = 0x01;
 const RESP_NOT_FOUND: u8 = 0x02;
 const RESP_HAVE: u8 = 0x03;
 const RESP_MANIFEST: u8 = 0x04;
-/// Most chunks an encoded manifest may be cut into on the wire.
-pub const MAX_MANIFEST_CHUNKS: usize = 65_536;
+const RESP_MAP: u8 = 0x05;
+const RESP_ALL: u8 = 0x06;
+const RESP_ADDED: u8 = 0x07;
+
+/// Bytes read into memory at a time for a large frame.
+const PIECE: usize = 64 << 10;
 
 /// A request frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
-    /// Ask for the body of one chunk.
-    Chunk(Hash),
+    /// Ask for the bodies of these chunks, one answer frame each, in order.
+    Get(Vec<Hash>),
     /// Ask which of these chunks the peer holds.
     Have(Vec<Hash>),
     /// Ask for the chunk list of an encoded manifest the peer holds.
     ManifestChunks(Hash),
+    /// Ask for the have-map over a manifest's chunk order, and its updates.
+    Subscribe(Hash),
 }
 
 /// A response frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Response {
-    /// The chunk body (unverified).
+    /// A chunk body (unverified).
     Found(Bytes),
-    /// The peer does not hold the chunk.
+    /// The peer does not hold the chunk (or the manifest).
     NotFound,
     /// One flag per requested id.
     Have(Vec<bool>),
     /// The chunks (id, length) of the requested manifest's encoding.
     ManifestChunks(Vec<ChunkRef>),
+    /// The have-map over the chunk order.
+    Map(Bitmap),
+    /// The peer holds every chunk of an order of this length.
+    All(u32),
+    /// Indices of the order the peer now holds too.
+    Added(Vec<u32>),
 }
 
 impl Response {
@@ -78,6 +114,9 @@ impl Response {
             Response::NotFound => 1,
             Response::Have(flags) => 5 + flags.len() + flags.len().div_ceil(8),
             Response::ManifestChunks(list) => 5 + list.len() * 36,
+            Response::Map(bits) => 5 + bits.as_bytes().len(),
+            Response::All(_) => 5,
+            Response::Added(list) => 5 + list.len() * 4,
         }
     }
 }
@@ -111,6 +150,19 @@ async fn read_u32<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<u32> {
     Ok(u32::from_be_bytes(buf))
 }
 
+/// Reads `len` bytes in pieces, so a header that lies about the length
+/// costs only the bytes that really arrive.
+async fn read_bytes<R: AsyncRead + Unpin>(io: &mut R, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len.min(PIECE));
+    while out.len() < len {
+        let start = out.len();
+        let n = (len - start).min(PIECE);
+        out.resize(start + n, 0);
+        io.read_exact(&mut out[start..]).await?;
+    }
+    Ok(out)
+}
+
 /// Converts a length to its `u32` wire form.
 fn wire_len(len: usize, max: usize, what: &str) -> io::Result<u32> {
     if len > max {
@@ -123,13 +175,16 @@ fn wire_len(len: usize, max: usize, what: &str) -> io::Result<u32> {
 /// much memory its ids will take) before reading the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestHead {
-    /// A chunk request, complete.
-    Chunk(Hash),
+    /// A get request for this many ids (1..=[`MAX_GET_IDS`]), which follow:
+    /// read them with [`read_ids`].
+    Get(usize),
     /// A have request for this many ids (at most [`MAX_HAVE_IDS`]), which
-    /// follow: read them with [`read_have_ids`].
+    /// follow: read them with [`read_ids`].
     Have(usize),
     /// A manifest request, complete.
     ManifestChunks(Hash),
+    /// A subscription, complete.
+    Subscribe(Hash),
 }
 
 /// Reads the tag of the next request and what fits in a few bytes after it;
@@ -141,7 +196,15 @@ pub(crate) async fn read_request_head<R: AsyncRead + Unpin>(
         return Ok(None);
     };
     match tag {
-        REQ_CHUNK => Ok(Some(RequestHead::Chunk(read_id(io).await?))),
+        REQ_GET => {
+            let count = read_u32(io).await? as usize;
+            if count == 0 || count > MAX_GET_IDS {
+                return Err(invalid(format!(
+                    "get request for {count} ids (1..={MAX_GET_IDS})"
+                )));
+            }
+            Ok(Some(RequestHead::Get(count)))
+        }
         REQ_HAVE => {
             let count = read_u32(io).await? as usize;
             if count > MAX_HAVE_IDS {
@@ -152,13 +215,14 @@ pub(crate) async fn read_request_head<R: AsyncRead + Unpin>(
             Ok(Some(RequestHead::Have(count)))
         }
         REQ_MANIFEST => Ok(Some(RequestHead::ManifestChunks(read_id(io).await?))),
+        REQ_SUBSCRIBE => Ok(Some(RequestHead::Subscribe(read_id(io).await?))),
         other => Err(invalid(format!("unknown request tag {other:#04x}"))),
     }
 }
 
-/// Reads the `count` ids of a have request. Memory grows with the bytes that
-/// actually arrive, not with the count the peer claimed.
-pub(crate) async fn read_have_ids<R: AsyncRead + Unpin>(
+/// Reads the `count` ids of a get or have request. Memory grows with the
+/// bytes that actually arrive, not with the count the peer claimed.
+pub(crate) async fn read_ids<R: AsyncRead + Unpin>(
     io: &mut R,
     count: usize,
 ) -> io::Result<Vec<Hash>> {
@@ -184,10 +248,38 @@ pub(crate) async fn read_have_ids<R: AsyncRead + Unpin>(
 pub(crate) async fn read_request<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Option<Request>> {
     Ok(match read_request_head(io).await? {
         None => None,
-        Some(RequestHead::Chunk(id)) => Some(Request::Chunk(id)),
-        Some(RequestHead::Have(count)) => Some(Request::Have(read_have_ids(io, count).await?)),
+        Some(RequestHead::Get(count)) => Some(Request::Get(read_ids(io, count).await?)),
+        Some(RequestHead::Have(count)) => Some(Request::Have(read_ids(io, count).await?)),
         Some(RequestHead::ManifestChunks(id)) => Some(Request::ManifestChunks(id)),
+        Some(RequestHead::Subscribe(id)) => Some(Request::Subscribe(id)),
     })
+}
+
+/// The bytes of one request frame; refuses frames over the limits.
+pub(crate) fn encode_request(req: &Request) -> io::Result<Vec<u8>> {
+    let with_ids = |tag: u8, ids: &[Hash], max: usize, what: &str| -> io::Result<Vec<u8>> {
+        let count = wire_len(ids.len(), max, what)?;
+        let mut buf = Vec::with_capacity(5 + ids.len() * 32);
+        buf.push(tag);
+        buf.extend_from_slice(&count.to_be_bytes());
+        for id in ids {
+            buf.extend_from_slice(id.as_bytes());
+        }
+        Ok(buf)
+    };
+    let with_id = |tag: u8, id: &Hash| {
+        let mut buf = Vec::with_capacity(33);
+        buf.push(tag);
+        buf.extend_from_slice(id.as_bytes());
+        buf
+    };
+    match req {
+        Request::Get(ids) if ids.is_empty() => Err(invalid("get request without ids")),
+        Request::Get(ids) => with_ids(REQ_GET, ids, MAX_GET_IDS, "get request"),
+        Request::Have(ids) => with_ids(REQ_HAVE, ids, MAX_HAVE_IDS, "have request"),
+        Request::ManifestChunks(id) => Ok(with_id(REQ_MANIFEST, id)),
+        Request::Subscribe(id) => Ok(with_id(REQ_SUBSCRIBE, id)),
+    }
 }
 
 /// Writes one request frame and flushes it.
@@ -195,41 +287,35 @@ pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
     io: &mut W,
     req: &Request,
 ) -> io::Result<()> {
-    match req {
-        Request::Chunk(id) => {
-            let mut buf = [0u8; 33];
-            buf[0] = REQ_CHUNK;
-            buf[1..].copy_from_slice(id.as_bytes());
-            io.write_all(&buf).await?;
-        }
-        Request::Have(ids) => {
-            let count = wire_len(ids.len(), MAX_HAVE_IDS, "have request")?;
-            let mut buf = Vec::with_capacity(5 + ids.len() * 32);
-            buf.push(REQ_HAVE);
-            buf.extend_from_slice(&count.to_be_bytes());
-            for id in ids {
-                buf.extend_from_slice(id.as_bytes());
-            }
-            io.write_all(&buf).await?;
-        }
-        Request::ManifestChunks(id) => {
-            let mut buf = [0u8; 33];
-            buf[0] = REQ_MANIFEST;
-            buf[1..].copy_from_slice(id.as_bytes());
-            io.write_all(&buf).await?;
-        }
-    }
+    let buf = encode_request(req)?;
+    io.write_all(&buf).await?;
     io.flush().await
 }
 
+/// Reads a bitmap body of `count` bits (count already checked).
+async fn read_bitmap<R: AsyncRead + Unpin>(io: &mut R, count: u32) -> io::Result<Bitmap> {
+    let raw = read_bytes(io, (count as usize).div_ceil(8)).await?;
+    Bitmap::from_bytes(count, raw).ok_or_else(|| invalid("bitmap length"))
+}
+
 /// Reads one response frame. End of stream here is an error: a response was
-/// expected.
-pub(crate) async fn read_response<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Response> {
+/// expected. `order` is the length of the chunk order a subscription is
+/// about, if one is: `Map`, `All` and `Added` frames must agree with it
+/// (checked before their bodies are read), and are refused without one.
+pub(crate) async fn read_response<R: AsyncRead + Unpin>(
+    io: &mut R,
+    order: Option<u32>,
+) -> io::Result<Response> {
     let Some(tag) = read_tag(io).await? else {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "stream closed before the response",
         ));
+    };
+    let order_len = |count: u32| match order {
+        Some(n) if n == count => Ok(count),
+        Some(n) => Err(invalid(format!("have-map of {count} chunks, not {n}"))),
+        None => Err(invalid("have-map frame outside a subscription")),
     };
     match tag {
         RESP_FOUND => {
@@ -239,9 +325,7 @@ pub(crate) async fn read_response<R: AsyncRead + Unpin>(io: &mut R) -> io::Resul
                     "chunk body too large: {len} > {MAX_CHUNK_LEN}"
                 )));
             }
-            let mut body = vec![0u8; len];
-            io.read_exact(&mut body).await?;
-            Ok(Response::Found(Bytes::from(body)))
+            Ok(Response::Found(Bytes::from(read_bytes(io, len).await?)))
         }
         RESP_NOT_FOUND => Ok(Response::NotFound),
         RESP_HAVE => {
@@ -251,12 +335,10 @@ pub(crate) async fn read_response<R: AsyncRead + Unpin>(io: &mut R) -> io::Resul
                     "have bitmap too large: {count} > {MAX_HAVE_IDS}"
                 )));
             }
-            let mut bitmap = vec![0u8; count.div_ceil(8)];
-            io.read_exact(&mut bitmap).await?;
-            let flags = (0..count)
-                .map(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
-                .collect();
-            Ok(Response::Have(flags))
+            let bits = read_bitmap(io, count as u32).await?;
+            Ok(Response::Have(
+                (0..count as u32).map(|i| bits.get(i)).collect(),
+            ))
         }
         RESP_MANIFEST => {
             let count = read_u32(io).await? as usize;
@@ -265,8 +347,7 @@ pub(crate) async fn read_response<R: AsyncRead + Unpin>(io: &mut R) -> io::Resul
                     "manifest chunk list too long: {count} > {MAX_MANIFEST_CHUNKS}"
                 )));
             }
-            let mut raw = vec![0u8; count * 36];
-            io.read_exact(&mut raw).await?;
+            let raw = read_bytes(io, count * 36).await?;
             let list = raw
                 .chunks_exact(36)
                 .map(|c| {
@@ -280,30 +361,74 @@ pub(crate) async fn read_response<R: AsyncRead + Unpin>(io: &mut R) -> io::Resul
                 .collect();
             Ok(Response::ManifestChunks(list))
         }
+        RESP_MAP => {
+            let count = order_len(read_u32(io).await?)?;
+            Ok(Response::Map(read_bitmap(io, count).await?))
+        }
+        RESP_ALL => Ok(Response::All(order_len(read_u32(io).await?)?)),
+        RESP_ADDED => {
+            let len = order_len(order.unwrap_or(0))?;
+            let n = read_u32(io).await? as usize;
+            if n == 0 || n > MAX_ADDED {
+                return Err(invalid(format!(
+                    "{n} indices in an update (1..={MAX_ADDED})"
+                )));
+            }
+            let raw = read_bytes(io, n * 4).await?;
+            let list: Vec<u32> = raw
+                .chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if let Some(bad) = list.iter().find(|&&i| i >= len) {
+                return Err(invalid(format!("index {bad} beyond the order ({len})")));
+            }
+            Ok(Response::Added(list))
+        }
         other => Err(invalid(format!("unknown response tag {other:#04x}"))),
     }
 }
 
 /// Writes one response frame and flushes it.
+#[cfg(test)]
 pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
     io: &mut W,
     resp: &Response,
 ) -> io::Result<()> {
+    write_response_unflushed(io, resp).await?;
+    io.flush().await
+}
+
+/// Writes one response frame without flushing, so a run of small frames
+/// leaves in few packets; the caller flushes after the run.
+pub(crate) async fn write_response_unflushed<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    resp: &Response,
+) -> io::Result<()> {
+    let head = |tag: u8, n: u32| {
+        let mut h = [0u8; 5];
+        h[0] = tag;
+        h[1..].copy_from_slice(&n.to_be_bytes());
+        h
+    };
     match resp {
         Response::Found(body) => {
             let len = wire_len(body.len(), MAX_CHUNK_LEN, "chunk body")?;
-            let mut header = [0u8; 5];
-            header[0] = RESP_FOUND;
-            header[1..].copy_from_slice(&len.to_be_bytes());
-            io.write_all(&header).await?;
-            io.write_all(body).await?;
+            if body.len() <= 16 << 10 {
+                // One write for a small frame: fewer yamux frames.
+                let mut buf = Vec::with_capacity(5 + body.len());
+                buf.extend_from_slice(&head(RESP_FOUND, len));
+                buf.extend_from_slice(body);
+                io.write_all(&buf).await?;
+            } else {
+                io.write_all(&head(RESP_FOUND, len)).await?;
+                io.write_all(body).await?;
+            }
         }
         Response::NotFound => io.write_all(&[RESP_NOT_FOUND]).await?,
         Response::Have(flags) => {
             let count = wire_len(flags.len(), MAX_HAVE_IDS, "have bitmap")?;
             let mut buf = vec![0u8; 5 + flags.len().div_ceil(8)];
-            buf[0] = RESP_HAVE;
-            buf[1..5].copy_from_slice(&count.to_be_bytes());
+            buf[..5].copy_from_slice(&head(RESP_HAVE, count));
             for (i, _) in flags.iter().enumerate().filter(|(_, f)| **f) {
                 buf[5 + i / 8] |= 1 << (i % 8);
             }
@@ -312,159 +437,41 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
         Response::ManifestChunks(list) => {
             let count = wire_len(list.len(), MAX_MANIFEST_CHUNKS, "manifest chunk list")?;
             let mut buf = Vec::with_capacity(5 + list.len() * 36);
-            buf.push(RESP_MANIFEST);
-            buf.extend_from_slice(&count.to_be_bytes());
+            buf.extend_from_slice(&head(RESP_MANIFEST, count));
             for c in list {
                 buf.extend_from_slice(c.id.as_bytes());
                 buf.extend_from_slice(&c.len.to_be_bytes());
             }
             io.write_all(&buf).await?;
         }
+        Response::Map(bits) => {
+            if bits.len() > MAX_ORDER_LEN {
+                return Err(invalid(format!("have-map of {} chunks", bits.len())));
+            }
+            io.write_all(&head(RESP_MAP, bits.len())).await?;
+            io.write_all(bits.as_bytes()).await?;
+        }
+        Response::All(n) => {
+            if *n > MAX_ORDER_LEN {
+                return Err(invalid(format!("have-map of {n} chunks")));
+            }
+            io.write_all(&head(RESP_ALL, *n)).await?;
+        }
+        Response::Added(list) => {
+            if list.is_empty() {
+                return Err(invalid("empty update"));
+            }
+            let n = wire_len(list.len(), MAX_ADDED, "update")?;
+            let mut buf = Vec::with_capacity(5 + list.len() * 4);
+            buf.extend_from_slice(&head(RESP_ADDED, n));
+            for i in list {
+                buf.extend_from_slice(&i.to_be_bytes());
+            }
+            io.write_all(&buf).await?;
+        }
     }
-    io.flush().await
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::io::Cursor;
-
-    fn h(n: u8) -> Hash {
-        Hash([n; 32])
-    }
-
-    async fn req_round_trip(req: Request) {
-        let mut buf = Cursor::new(Vec::new());
-        write_request(&mut buf, &req).await.unwrap();
-        let mut rd = Cursor::new(buf.into_inner());
-        assert_eq!(read_request(&mut rd).await.unwrap(), Some(req));
-        assert_eq!(read_request(&mut rd).await.unwrap(), None, "clean EOF");
-    }
-
-    async fn resp_round_trip(resp: Response) {
-        let mut buf = Cursor::new(Vec::new());
-        write_response(&mut buf, &resp).await.unwrap();
-        let mut rd = Cursor::new(buf.into_inner());
-        assert_eq!(read_response(&mut rd).await.unwrap(), resp);
-    }
-
-    fn kind_of<T: std::fmt::Debug>(r: io::Result<T>) -> io::ErrorKind {
-        r.expect_err("expected an error").kind()
-    }
-
-    #[tokio::test]
-    async fn requests_round_trip() {
-        req_round_trip(Request::Chunk(h(7))).await;
-        req_round_trip(Request::Have(vec![])).await;
-        req_round_trip(Request::ManifestChunks(h(7))).await;
-        req_round_trip(Request::Have(
-            (0..300u16).map(|i| h((i % 251) as u8)).collect(),
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn responses_round_trip() {
-        resp_round_trip(Response::NotFound).await;
-        resp_round_trip(Response::Found(Bytes::new())).await;
-        resp_round_trip(Response::Found(
-            (0..100_000u32).map(|i| i as u8).collect::<Vec<_>>().into(),
-        ))
-        .await;
-        resp_round_trip(Response::Have(vec![])).await;
-        resp_round_trip(Response::ManifestChunks(vec![])).await;
-        resp_round_trip(Response::ManifestChunks(vec![
-            ChunkRef { id: h(1), len: 5 },
-            ChunkRef {
-                id: h(2),
-                len: 1 << 20,
-            },
-        ]))
-        .await;
-        for n in [1usize, 7, 8, 9, 1000] {
-            resp_round_trip(Response::Have((0..n).map(|i| i % 3 == 0).collect())).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn several_frames_on_one_stream() {
-        let mut buf = Cursor::new(Vec::new());
-        write_request(&mut buf, &Request::Chunk(h(1)))
-            .await
-            .unwrap();
-        write_request(&mut buf, &Request::Have(vec![h(2)]))
-            .await
-            .unwrap();
-        let mut rd = Cursor::new(buf.into_inner());
-        assert_eq!(
-            read_request(&mut rd).await.unwrap(),
-            Some(Request::Chunk(h(1)))
-        );
-        assert_eq!(
-            read_request(&mut rd).await.unwrap(),
-            Some(Request::Have(vec![h(2)]))
-        );
-        assert_eq!(read_request(&mut rd).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn malformed_requests_are_rejected() {
-        // Unknown tag.
-        let r = read_request(&mut Cursor::new(vec![0x09u8])).await;
-        assert_eq!(kind_of(r), io::ErrorKind::InvalidData);
-        // Truncated id.
-        let r = read_request(&mut Cursor::new(vec![REQ_CHUNK, 1, 2, 3])).await;
-        assert_eq!(kind_of(r), io::ErrorKind::UnexpectedEof);
-        // Too many ids (checked before any allocation).
-        let mut frame = vec![REQ_HAVE];
-        frame.extend_from_slice(&((MAX_HAVE_IDS as u32) + 1).to_be_bytes());
-        let r = read_request(&mut Cursor::new(frame)).await;
-        assert_eq!(kind_of(r), io::ErrorKind::InvalidData);
-        // Count larger than the ids actually sent.
-        let mut frame = vec![REQ_HAVE];
-        frame.extend_from_slice(&2u32.to_be_bytes());
-        frame.extend_from_slice(&[0u8; 32]);
-        let r = read_request(&mut Cursor::new(frame)).await;
-        assert_eq!(kind_of(r), io::ErrorKind::UnexpectedEof);
-    }
-
-    #[tokio::test]
-    async fn malformed_responses_are_rejected() {
-        let r = read_response(&mut Cursor::new(vec![0x7fu8])).await;
-        assert_eq!(kind_of(r), io::ErrorKind::InvalidData);
-        let r = read_response(&mut Cursor::new(Vec::<u8>::new())).await;
-        assert_eq!(kind_of(r), io::ErrorKind::UnexpectedEof);
-        // Oversized body is refused from the header alone.
-        let mut frame = vec![RESP_FOUND];
-        frame.extend_from_slice(&((MAX_CHUNK_LEN as u32) + 1).to_be_bytes());
-        let r = read_response(&mut Cursor::new(frame)).await;
-        assert_eq!(kind_of(r), io::ErrorKind::InvalidData);
-        // Truncated body.
-        let mut frame = vec![RESP_FOUND];
-        frame.extend_from_slice(&10u32.to_be_bytes());
-        frame.extend_from_slice(&[1, 2, 3]);
-        let r = read_response(&mut Cursor::new(frame)).await;
-        assert_eq!(kind_of(r), io::ErrorKind::UnexpectedEof);
-        // Oversized bitmap.
-        let mut frame = vec![RESP_HAVE];
-        frame.extend_from_slice(&u32::MAX.to_be_bytes());
-        let r = read_response(&mut Cursor::new(frame)).await;
-        assert_eq!(kind_of(r), io::ErrorKind::InvalidData);
-    }
-
-    #[tokio::test]
-    async fn oversized_frames_are_not_written() {
-        let mut buf = Cursor::new(Vec::new());
-        let big = Response::Found(vec![0u8; MAX_CHUNK_LEN + 1].into());
-        assert_eq!(
-            kind_of(write_response(&mut buf, &big).await),
-            io::ErrorKind::InvalidData
-        );
-        let many = Request::Have(vec![h(0); MAX_HAVE_IDS + 1]);
-        assert_eq!(
-            kind_of(write_request(&mut buf, &many).await),
-            io::ErrorKind::InvalidData
-        );
-        assert!(buf.into_inner().is_empty(), "nothing written on error");
-    }
-}
+mod tests;

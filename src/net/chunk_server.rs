@@ -1,18 +1,24 @@
-//! The serving side of `/peermirror/chunk/1`: accepts inbound streams and
-//! answers the requests on each one in turn until the remote closes it.
+//! The serving side of `/peermirror/chunk/2`: accepts inbound streams and
+//! answers the requests on each one in turn until the remote closes it; a
+//! `Get` is answered chunk by chunk, a `Subscribe` with the have-map and
+//! then its updates for as long as this node's download of that manifest
+//! runs.
 //!
 //! Anyone may open streams, so what a peer can make the server hold is
 //! bounded (see [`NetLimits`]):
 //!
 //! * streams: at most so many at once per peer and in total; a stream over
 //!   either bound is dropped on arrival;
-//! * memory: every reply (and the ids of a have request) is paid for from a
-//!   per-peer and a global byte budget before it is built, and the payment
-//!   is returned once the reply is sent. A peer that stops reading holds its
-//!   own budget, never anyone else's: its next requests wait;
+//! * memory: every reply (a group of chunk bodies, a have-map, the ids of a
+//!   request) is paid for from a per-peer and a global byte budget before
+//!   it is built, and the payment is returned once it is sent. A peer that
+//!   stops reading holds its own budget, never anyone else's: its next
+//!   requests wait;
 //! * time: a reply must be sent, and a request that has begun must arrive,
 //!   within the send timeout, or the stream is dropped with what it held;
-//! * rate: requests beyond the peer's rate end the stream unanswered.
+//! * rate: requests beyond the peer's rate end the stream unanswered (a
+//!   `Get` counts as one request whatever its number of ids: its cost is
+//!   bounded by the bytes it moves, which the budget and the link bound).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,24 +30,38 @@ use libp2p_stream::IncomingStreams;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use super::caps::Caps;
+use super::chunk_board::{HaveBoard, Next};
 use super::chunk_protocol::{self, Request, RequestHead, Response, MAX_CHUNK_LEN};
 use super::limits::{Counters, Held, NetLimits};
 use super::rate::RateLimiter;
 use super::ChunkProvider;
+use crate::hash::Hash;
 use crate::task::lock;
 
 /// How long the server waits for the next request on an open stream.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Chunk bodies of a `Get` are read from the provider and sent in groups of
+/// about this many bytes; a group never holds more body bytes than one
+/// chunk may have, so it costs the budget no more than a single chunk did.
+const GROUP: usize = 256 << 10;
+/// Chunks of a `Get` read from the provider per group at most.
+const GROUP_CHUNKS: usize = 256;
+/// A subscriber is sent updates at most this often, so a download that
+/// stores chunks one by one costs its peers a frame per interval, not one
+/// per chunk.
+const PUSH_EVERY: Duration = Duration::from_millis(150);
 
 /// The largest reply a request can produce, reserved before the reply is
 /// built and trimmed to its real size after.
 const MAX_REPLY: usize = {
     let have = 5 + chunk_protocol::MAX_HAVE_IDS * 2;
     let manifest = 5 + chunk_protocol::MAX_MANIFEST_CHUNKS * 36;
-    let chunk = 5 + MAX_CHUNK_LEN;
+    let group = MAX_CHUNK_LEN + GROUP_CHUNKS * 5;
     let m = if have > manifest { have } else { manifest };
-    if chunk > m {
-        chunk
+    if group > m {
+        group
     } else {
         m
     }
@@ -56,12 +76,14 @@ struct PeerEntry {
 /// Shared state of the server.
 pub(crate) struct Server {
     provider: Arc<dyn ChunkProvider>,
+    board: Arc<HaveBoard>,
     limits: NetLimits,
     streams: Arc<Semaphore>,
     budget: Arc<Semaphore>,
     peers: Mutex<HashMap<PeerId, PeerEntry>>,
     rate: Mutex<RateLimiter<PeerId>>,
     counters: Arc<Counters>,
+    caps: Arc<Caps>,
 }
 
 /// A stream slot: returns the peer's and the global count on drop.
@@ -95,17 +117,21 @@ fn permits(bytes: usize) -> u32 {
 impl Server {
     pub(crate) fn new(
         provider: Arc<dyn ChunkProvider>,
+        board: Arc<HaveBoard>,
         limits: NetLimits,
         counters: Arc<Counters>,
+        caps: Arc<Caps>,
     ) -> Arc<Self> {
         let per_sec = limits.chunk_requests_per_sec;
         Arc::new(Server {
             provider,
+            board,
             streams: Arc::new(Semaphore::new(limits.max_inbound_streams)),
             budget: Arc::new(Semaphore::new(limits.max_send_buffer.max(MAX_REPLY))),
             peers: Mutex::new(HashMap::new()),
             rate: Mutex::new(RateLimiter::new(per_sec, per_sec.saturating_mul(2))),
             counters,
+            caps,
             limits,
         })
     }
@@ -225,27 +251,38 @@ async fn serve_one(
     if !lock(&server.rate).check(&peer, Instant::now()) {
         return Err(Stop::Rate);
     }
-    // Pay for the largest reply (and the ids to read) up front; the
-    // payment is trimmed to the real size once the reply exists.
-    let (mut mine, mut all) = server
-        .reserve(budget, MAX_REPLY)
-        .await
-        .ok_or(Stop::Timeout)?;
     let req = match head {
-        RequestHead::Chunk(id) => Request::Chunk(id),
         RequestHead::ManifestChunks(id) => Request::ManifestChunks(id),
-        RequestHead::Have(count) => {
-            let read = chunk_protocol::read_have_ids(stream, count);
-            match tokio::time::timeout(limits.send_timeout, read).await {
-                Ok(Ok(ids)) => Request::Have(ids),
+        RequestHead::Subscribe(id) => return subscribe(server, peer, budget, stream, id).await,
+        RequestHead::Get(count) | RequestHead::Have(count) => {
+            // The ids are paid for while they are read (then they are a
+            // few hundred KiB at most per stream).
+            let paid = server
+                .reserve(budget, count * 32)
+                .await
+                .ok_or(Stop::Timeout)?;
+            let read = chunk_protocol::read_ids(stream, count);
+            let ids = match tokio::time::timeout(limits.send_timeout, read).await {
+                Ok(Ok(ids)) => ids,
                 Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "bad have request, closing stream");
+                    debug!(%peer, error = %e, "bad request ids, closing stream");
                     return Err(Stop::Done);
                 }
                 Err(_) => return Err(Stop::Timeout),
+            };
+            drop(paid);
+            match head {
+                RequestHead::Get(_) => return get(server, peer, budget, stream, ids).await,
+                _ => Request::Have(ids),
             }
         }
     };
+    // Pay for the largest reply up front; the payment is trimmed to the
+    // real size once the reply exists.
+    let (mine, all) = server
+        .reserve(budget, MAX_REPLY)
+        .await
+        .ok_or(Stop::Timeout)?;
     let provider = server.provider.clone();
     let resp = match tokio::task::spawn_blocking(move || answer(&*provider, req)).await {
         Ok(resp) => resp,
@@ -254,43 +291,185 @@ async fn serve_one(
             return Err(Stop::Done);
         }
     };
-    let size = resp.held_bytes();
+    send(server, peer, stream, (mine, all), &[resp]).await
+}
+
+/// Sends `frames`, holding `paid` trimmed to their size until they are out.
+async fn send(
+    server: &Server,
+    peer: PeerId,
+    stream: &mut Stream,
+    paid: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    frames: &[Response],
+) -> Result<(), Stop> {
+    let (mut mine, mut all) = paid;
+    let size: usize = frames.iter().map(Response::held_bytes).sum();
     let keep = permits(size) as usize;
     drop(mine.split(mine.num_permits().saturating_sub(keep)));
     drop(all.split(all.num_permits().saturating_sub(keep)));
     let held = Held::new(&server.counters, size);
-    let sent = tokio::time::timeout(
-        limits.send_timeout,
-        chunk_protocol::write_response(stream, &resp),
-    )
-    .await;
-    drop(resp);
+    // The upload cap: outside the send timeout, which is for the peer.
+    let body_bytes: usize = frames
+        .iter()
+        .map(|f| match f {
+            Response::Found(body) => body.len(),
+            _ => 0,
+        })
+        .sum();
+    if body_bytes > 0 {
+        server.caps.upload(peer, body_bytes).await;
+    }
+    let write = async {
+        for f in frames {
+            chunk_protocol::write_response_unflushed(stream, f).await?;
+        }
+        stream.flush().await
+    };
+    let sent = tokio::time::timeout(server.limits.send_timeout, write).await;
     drop(held);
     match sent {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
-            debug!(%peer, error = %e, "failed to send chunk response");
+            debug!(error = %e, "failed to send chunk response");
             Err(Stop::Done)
         }
         Err(_) => Err(Stop::Timeout),
     }
 }
 
-/// Computes the response to one request (blocking: the provider may hit disk).
+/// Answers a `Get`: the bodies are read in groups of about [`GROUP`] bytes
+/// on the blocking pool and sent one frame per id, in order.
+async fn get(
+    server: &Server,
+    peer: PeerId,
+    budget: &Arc<Semaphore>,
+    stream: &mut Stream,
+    ids: Vec<Hash>,
+) -> Result<(), Stop> {
+    let ids = Arc::new(ids);
+    let mut next = 0;
+    while next < ids.len() {
+        let paid = server
+            .reserve(budget, MAX_REPLY)
+            .await
+            .ok_or(Stop::Timeout)?;
+        let provider = server.provider.clone();
+        let group = ids.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut frames: Vec<Response> = Vec::new();
+            let mut body = 0;
+            let mut i = next;
+            while i < group.len() && body < GROUP && frames.len() < GROUP_CHUNKS {
+                let f = chunk_frame(&*provider, &group[i]);
+                let len = f.held_bytes() - 1;
+                if !frames.is_empty() && body + len > MAX_CHUNK_LEN {
+                    // Read again as the first of the next group.
+                    break;
+                }
+                body += len;
+                frames.push(f);
+                i += 1;
+            }
+            (frames, i)
+        });
+        let (frames, end) = match read.await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%peer, error = %e, "chunk provider task failed");
+                return Err(Stop::Done);
+            }
+        };
+        next = end;
+        send(server, peer, stream, paid, &frames).await?;
+    }
+    Ok(())
+}
+
+/// Answers a `Subscribe`: the map (or `All`), then the indices this node
+/// newly holds, at most every [`PUSH_EVERY`], until the map is full (`All`,
+/// then the stream is closed) or no download updates it any more (the
+/// stream is closed). A manifest the node does not hold gets `NotFound`
+/// and the stream goes on.
+async fn subscribe(
+    server: &Server,
+    peer: PeerId,
+    budget: &Arc<Semaphore>,
+    stream: &mut Stream,
+    manifest: Hash,
+) -> Result<(), Stop> {
+    let provider = server.provider.clone();
+    let entry = server
+        .board
+        .get_or_compute(&manifest, move || provider.have_map(&manifest))
+        .await;
+    let Some(entry) = entry else {
+        debug!(%peer, %manifest, "subscription to a manifest not held");
+        let paid = server.reserve(budget, 1).await.ok_or(Stop::Timeout)?;
+        return send(server, peer, stream, paid, &[Response::NotFound]).await;
+    };
+    let mut changed = entry.watch();
+    let (first, mut cursor) = entry.start();
+    let frame = match first {
+        Ok(bits) => Response::Map(bits),
+        Err(len) => Response::All(len),
+    };
+    let full = matches!(frame, Response::All(_));
+    let paid = server
+        .reserve(budget, frame.held_bytes())
+        .await
+        .ok_or(Stop::Timeout)?;
+    send(server, peer, stream, paid, &[frame]).await?;
+    if full {
+        return Err(Stop::Done);
+    }
+    loop {
+        changed.borrow_and_update();
+        match entry.next(&mut cursor, chunk_protocol::MAX_ADDED) {
+            Next::Added(list) => {
+                let frame = Response::Added(list);
+                let paid = server
+                    .reserve(budget, frame.held_bytes())
+                    .await
+                    .ok_or(Stop::Timeout)?;
+                send(server, peer, stream, paid, &[frame]).await?;
+                tokio::time::sleep(PUSH_EVERY).await;
+            }
+            Next::Full(len) => {
+                let paid = server.reserve(budget, 5).await.ok_or(Stop::Timeout)?;
+                send(server, peer, stream, paid, &[Response::All(len)]).await?;
+                return Err(Stop::Done);
+            }
+            Next::Closed => return Err(Stop::Done),
+            Next::Wait => {
+                if changed.changed().await.is_err() {
+                    return Err(Stop::Done);
+                }
+            }
+        }
+    }
+}
+
+/// The frame answering one id of a `Get` (blocking: the provider may hit
+/// disk).
+fn chunk_frame(provider: &dyn ChunkProvider, id: &Hash) -> Response {
+    match provider.chunk(id) {
+        Some(body) if body.len() > MAX_CHUNK_LEN => {
+            warn!(
+                chunk = %id,
+                len = body.len(),
+                "chunk exceeds the protocol limit, reporting not found"
+            );
+            Response::NotFound
+        }
+        Some(body) => Response::Found(body),
+        None => Response::NotFound,
+    }
+}
+
+/// Computes the response to a single-frame request (blocking: the provider
+/// may hit disk).
 fn answer(provider: &dyn ChunkProvider, req: Request) -> Response {
     match req {
-        Request::Chunk(id) => match provider.chunk(&id) {
-            Some(body) if body.len() > MAX_CHUNK_LEN => {
-                warn!(
-                    chunk = %id,
-                    len = body.len(),
-                    "chunk exceeds the protocol limit, reporting not found"
-                );
-                Response::NotFound
-            }
-            Some(body) => Response::Found(body),
-            None => Response::NotFound,
-        },
         Request::Have(ids) => {
             let mut flags = provider.have(&ids);
             flags.resize(ids.len(), false);
@@ -302,5 +481,7 @@ fn answer(provider: &dyn ChunkProvider, req: Request) -> Response {
             }
             _ => Response::NotFound,
         },
+        // Answered frame by frame by `get` and `subscribe`, never here.
+        Request::Get(_) | Request::Subscribe(_) => Response::NotFound,
     }
 }

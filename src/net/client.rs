@@ -11,8 +11,11 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    chunk_service::StreamPool, limits::Counters, MessageId, NetError, PeerInfo, ServerStats,
-    Verdict,
+    caps::{Caps, CapsStats},
+    chunk_board::HaveBoard,
+    chunk_service::{ChunkStream, HaveSubscription, StreamPool},
+    limits::Counters,
+    KnownPeer, MessageId, NatStatus, NetError, PeerInfo, ServerStats, Verdict,
 };
 use crate::hash::Hash;
 use crate::keys::CollectionId;
@@ -32,6 +35,13 @@ pub(crate) enum Command {
         collection: CollectionId,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
+    Unsubscribe {
+        collection: CollectionId,
+        reply: oneshot::Sender<()>,
+    },
+    ExternalAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
     Publish {
         collection: CollectionId,
         data: Vec<u8>,
@@ -50,6 +60,12 @@ pub(crate) enum Command {
         duration: Duration,
         reply: oneshot::Sender<()>,
     },
+    NatStatus {
+        reply: oneshot::Sender<NatStatus>,
+    },
+    KnownPeers {
+        reply: oneshot::Sender<Vec<KnownPeer>>,
+    },
 }
 
 /// A gossip verdict from the application.
@@ -64,28 +80,26 @@ pub(crate) struct Report {
 /// event loop. Calls fail with [`NetError::Shutdown`] once the loop stops.
 #[derive(Clone)]
 pub struct Client {
-    local_peer_id: PeerId,
-    commands: mpsc::Sender<Command>,
-    reports: mpsc::UnboundedSender<Report>,
-    pool: Arc<StreamPool>,
-    counters: Arc<Counters>,
+    pub(super) local_peer_id: PeerId,
+    pub(super) commands: mpsc::Sender<Command>,
+    pub(super) reports: mpsc::UnboundedSender<Report>,
+    pub(super) pool: Arc<StreamPool>,
+    pub(super) counters: Arc<Counters>,
+    /// Opens `/peermirror/mirrors/1` streams.
+    pub(super) mirrors: libp2p_stream::Control,
+    pub(super) caps: Arc<Caps>,
+    pub(super) board: Arc<HaveBoard>,
 }
 
 impl Client {
-    pub(crate) fn new(
-        local_peer_id: PeerId,
-        commands: mpsc::Sender<Command>,
-        reports: mpsc::UnboundedSender<Report>,
-        pool: Arc<StreamPool>,
-        counters: Arc<Counters>,
-    ) -> Self {
-        Self {
-            local_peer_id,
-            commands,
-            reports,
-            pool,
-            counters,
-        }
+    /// Asks `peer` for the mirror records it holds for `collection`
+    /// (`/peermirror/mirrors/1`). The bytes are not verified here.
+    pub async fn request_mirrors(
+        &self,
+        peer: PeerId,
+        collection: CollectionId,
+    ) -> Result<Vec<Vec<u8>>, NetError> {
+        super::mirrors_protocol::request(&self.mirrors, peer, collection).await
     }
 
     /// Sends a command and waits for its reply.
@@ -128,6 +142,22 @@ impl Client {
             .await?
     }
 
+    /// Leaves the gossip topic of `collection` (a collection no longer
+    /// followed). Leaving one not joined is harmless.
+    pub async fn unsubscribe(&self, collection: CollectionId) -> Result<(), NetError> {
+        self.call(|reply| Command::Unsubscribe { collection, reply })
+            .await
+    }
+
+    /// The addresses others are known to reach this node at (confirmed
+    /// external addresses: configured, or confirmed by peers), each with
+    /// `/p2p/<id>`. Empty if none, or if the event loop has stopped.
+    pub async fn external_addrs(&self) -> Vec<Multiaddr> {
+        self.call(|reply| Command::ExternalAddrs { reply })
+            .await
+            .unwrap_or_default()
+    }
+
     /// Publishes `msg` on the topic of `collection`. If no peer is subscribed
     /// yet, the message is queued and retried until it goes out (or is
     /// dropped after a while); `Ok` means accepted for delivery. Publishing
@@ -168,8 +198,44 @@ impl Client {
 
     /// Fetches chunk `id` from `peer`. The bytes are NOT verified here: the
     /// caller must hash them. [`NetError::NotFound`] if the peer lacks it.
+    /// Returns only once the download cap allows the bytes.
     pub async fn fetch_chunk(&self, peer: PeerId, id: Hash) -> Result<Vec<u8>, NetError> {
-        self.pool.fetch_chunk(peer, id).await
+        let body = self.pool.fetch_chunk(peer, id).await?;
+        self.caps.download(peer, body.len()).await;
+        Ok(body)
+    }
+
+    /// Asks `peer` for many chunks in one request (1 to
+    /// [`super::MAX_GET_IDS`] ids), so small chunks cost no round trip
+    /// each. The answers are read in order from the returned stream, as
+    /// they arrive; the bytes are NOT verified here.
+    pub async fn fetch_chunks(
+        &self,
+        peer: PeerId,
+        ids: Vec<Hash>,
+    ) -> Result<ChunkStream, NetError> {
+        let stream = self.pool.get(peer, ids).await?;
+        Ok(stream.with_caps(self.caps.clone()))
+    }
+
+    /// Subscribes to what `peer` holds of the chunk order (`len` chunks) of
+    /// manifest `manifest`: its map first, then the chunks it adds while it
+    /// downloads them. [`NetError::NotFound`] if the peer does not know the
+    /// manifest (it may still hold some chunks: ask with
+    /// [`Client::fetch_have`]).
+    pub async fn subscribe_have(
+        &self,
+        peer: PeerId,
+        manifest: Hash,
+        len: u32,
+    ) -> Result<HaveSubscription, NetError> {
+        self.pool.subscribe(peer, manifest, len).await
+    }
+
+    /// The have-maps this node serves: a download registers its manifest
+    /// here, so peers subscribed to it learn of each chunk it stores.
+    pub fn have_board(&self) -> &Arc<HaveBoard> {
+        &self.board
     }
 
     /// Fetches the chunk list of an encoded manifest from `peer`
@@ -208,12 +274,39 @@ impl Client {
             .unwrap_or_default()
     }
 
+    /// Whether this node is reachable, at which external addresses, and
+    /// through which relay. Default (unknown) if the event loop has stopped.
+    pub async fn nat_status(&self) -> NatStatus {
+        self.call(|reply| Command::NatStatus { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The peers this node has learned about (its [`super::PeerBook`]),
+    /// most recently seen first, for the application to save.
+    pub async fn known_peers(&self) -> Vec<KnownPeer> {
+        self.call(|reply| Command::KnownPeers { reply })
+            .await
+            .unwrap_or_default()
+    }
+
     /// What this node's serving side holds and has refused so far.
     pub fn server_stats(&self) -> ServerStats {
         self.counters.snapshot()
     }
 
-    /// Opens a fresh `/peermirror/chunk/1` stream to `peer`, outside the
+    /// The upload and download caps and the current chunk rates.
+    pub fn caps_stats(&self) -> CapsStats {
+        self.caps.stats()
+    }
+
+    /// How many peers sent this node chunk bodies since `since`: the peers
+    /// a download used.
+    pub fn chunk_senders_since(&self, since: std::time::Instant) -> usize {
+        self.caps.senders_since(since)
+    }
+
+    /// Opens a fresh `/peermirror/chunk/2` stream to `peer`, outside the
     /// pool, for tools and tests that speak the wire format (see
     /// `docs/protocol.md`) themselves.
     pub async fn open_chunk_stream(&self, peer: PeerId) -> Result<super::Stream, NetError> {

@@ -1,6 +1,8 @@
 //! [`EventLoop`]: the task that owns the swarm. It reacts to swarm events,
 //! executes [`Command`]s from clients, applies gossip verdicts, answers
-//! latest-announcement requests and retries queued publishes.
+//! latest-announcement requests, retries queued publishes, provides and
+//! looks up followed collections in the DHT ([`discovery`]), keeps the
+//! [`PeerBook`] and applies the NAT policy ([`nat`]).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -27,12 +29,17 @@ use super::{
     chunk_server,
     chunk_service::StreamPool,
     client::{Command, Report},
+    discovery::Schedule,
     limits::Counters,
+    nat::{self as nat_policy, NatState, PathKind},
+    peer_book::{self, KnownPeer, PeerBook},
     rate::RateLimiter,
     ChunkProvider, NetError, NetLimits,
 };
 use crate::keys::CollectionId;
 
+mod discovery;
+mod nat;
 mod swarm_events;
 
 /// How often queued publishes are retried and idle streams swept.
@@ -57,6 +64,8 @@ pub(crate) struct Parts {
     pub(crate) counters: Arc<Counters>,
     pub(crate) limits: NetLimits,
     pub(crate) low_priority_gossip: fn(&[u8]) -> bool,
+    pub(crate) known_peers: Vec<KnownPeer>,
+    pub(crate) external_given: bool,
 }
 
 /// A message waiting for a subscribed peer.
@@ -70,7 +79,28 @@ struct QueuedPublish {
 #[derive(Default)]
 struct PeerState {
     conns: HashMap<ConnectionId, Multiaddr>,
+    /// Connections DCUtR made by hole punching.
+    punched: HashSet<ConnectionId>,
     rtt: Option<Duration>,
+}
+
+impl PeerState {
+    /// The kind of path connection `c` (at `addr`) is.
+    fn path_of(&self, c: &ConnectionId, addr: &Multiaddr) -> PathKind {
+        if self.punched.contains(c) {
+            PathKind::HolePunched
+        } else if nat_policy::is_relayed(addr) {
+            PathKind::Relayed
+        } else {
+            PathKind::Direct
+        }
+    }
+
+    /// The best path among the open connections.
+    fn path(&self) -> PathKind {
+        nat_policy::best_path(self.conns.iter().map(|(c, a)| self.path_of(c, a)))
+            .unwrap_or(PathKind::Direct)
+    }
 }
 
 /// A latest-announcement answer computed off the loop, ready to send.
@@ -107,6 +137,18 @@ pub struct EventLoop {
     /// Banned peers and when each ban ends: their connections are closed
     /// as soon as they are established.
     banned: HashMap<PeerId, Instant>,
+    /// Reachability and relay slot.
+    nat: NatState,
+    /// The listener holding our relay slot, and the relay.
+    relay_listener: Option<(ListenerId, PeerId)>,
+    /// Peers learned so far, with their dialable addresses.
+    book: PeerBook,
+    /// When each followed collection is next provided and looked up.
+    discovery: Schedule,
+    /// Outstanding provider lookups, for the logs.
+    provider_queries: HashMap<libp2p::kad::QueryId, CollectionId>,
+    /// libp2p's metrics, fed every swarm event, if kept.
+    metrics: Option<Arc<libp2p::metrics::Metrics>>,
 }
 
 impl EventLoop {
@@ -138,6 +180,38 @@ impl EventLoop {
             publish_queue: VecDeque::new(),
             peers: HashMap::new(),
             banned: HashMap::new(),
+            nat: NatState::new(if parts.external_given {
+                super::Reachability::Public
+            } else {
+                super::Reachability::Unknown
+            }),
+            relay_listener: None,
+            book: PeerBook::new(parts.known_peers, peer_book::now_secs()),
+            discovery: Schedule::default(),
+            provider_queries: HashMap::new(),
+            metrics: None,
+        }
+    }
+
+    /// Records every swarm event (and the gossipsub, identify, ping and
+    /// Kademlia events in it) in `metrics`, libp2p's own Prometheus metrics.
+    pub fn record_metrics(&mut self, metrics: Arc<libp2p::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    fn record(&self, event: &libp2p::swarm::SwarmEvent<behaviour::BehaviourEvent>) {
+        use behaviour::BehaviourEvent as B;
+        use libp2p::metrics::Recorder;
+        let Some(m) = &self.metrics else { return };
+        m.record(event);
+        if let libp2p::swarm::SwarmEvent::Behaviour(b) = event {
+            match b {
+                B::Gossipsub(e) => m.record(e),
+                B::Identify(e) => m.record(e),
+                B::Ping(e) => m.record(e),
+                B::Kad(e) => m.record(e),
+                _ => {}
+            }
         }
     }
 
@@ -156,13 +230,17 @@ impl EventLoop {
                 warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
+        self.dial_known_peers();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.record(&event);
+                    self.on_swarm_event(event);
+                }
                 Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd),
                 Some(report) = self.report_rx.recv() => self.on_report(report),
                 Some((channel, answer)) = self.latest_rx.recv() => {
@@ -174,6 +252,8 @@ impl EventLoop {
                     self.retry_publishes();
                     self.pool.sweep();
                     self.expire_bans();
+                    self.discovery_round();
+                    self.maybe_reserve_relay();
                 }
             }
         }
@@ -199,6 +279,21 @@ impl EventLoop {
             }
             Command::Subscribe { collection, reply } => {
                 let _ = reply.send(self.subscribe(collection));
+            }
+            Command::Unsubscribe { collection, reply } => {
+                let topic = super::collection_topic(&collection);
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                self.topics.remove(&topic.hash());
+                let _ = reply.send(());
+            }
+            Command::ExternalAddrs { reply } => {
+                let local = *self.swarm.local_peer_id();
+                let addrs = self
+                    .swarm
+                    .external_addresses()
+                    .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
+                    .collect();
+                let _ = reply.send(addrs);
             }
             Command::Publish {
                 collection,
@@ -235,9 +330,25 @@ impl EventLoop {
                         peer_id: *id,
                         addrs: state.conns.values().cloned().collect(),
                         rtt: state.rtt,
+                        path: state.path(),
                     })
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::NatStatus { reply } => {
+                let _ = reply.send(super::NatStatus {
+                    reachability: self.nat.reachability,
+                    external_addrs: self.swarm.external_addresses().cloned().collect(),
+                    relay: self.nat.reserved(),
+                    known_peers: self.book.len(),
+                });
+            }
+            Command::KnownPeers { reply } => {
+                let now = peer_book::now_secs();
+                for peer in self.peers.keys() {
+                    self.book.touch(peer, now);
+                }
+                let _ = reply.send(self.book.peers());
             }
         }
     }
@@ -329,6 +440,7 @@ impl EventLoop {
             .set_topic_params(topic.clone(), behaviour::topic_score_params())
             .map_err(|e| NetError::Gossip(format!("topic score: {e}")))?;
         self.topics.insert(topic.hash(), collection);
+        self.discovery.start(collection, Instant::now());
         Ok(())
     }
 
@@ -382,6 +494,7 @@ impl EventLoop {
     fn ban(&mut self, peer: PeerId, duration: Duration) {
         info!(%peer, ?duration, "banning peer");
         self.banned.insert(peer, Instant::now() + duration);
+        self.book.forget(&peer);
         let behaviour = self.swarm.behaviour_mut();
         behaviour.gossipsub.blacklist_peer(&peer);
         if let Some(kad) = behaviour.kad.as_mut() {

@@ -1,6 +1,9 @@
 //! A [`NetworkBehaviour`] that caps the inbound connections from one IP
 //! address, which `libp2p::connection_limits` (per peer id, and in total)
-//! cannot: peer ids are free to make, addresses are not.
+//! cannot: peer ids are free to make, addresses are not. It also caps the
+//! distinct peers connected at once (`max_peers`), the number volunteers
+//! think in, which connection counts miss: one peer may hold several
+//! connections (TCP and QUIC, each direction).
 //!
 //! A connection over the cap is refused before its handshake when possible
 //! (the count is checked when it arrives) and again once established, for
@@ -14,7 +17,7 @@ use std::task::{Context, Poll};
 use libp2p::core::{transport::PortUse, Endpoint};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
-    dummy, ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure,
+    dummy, ConnectionClosed, ConnectionDenied, ConnectionId, DialFailure, FromSwarm, ListenFailure,
     NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
@@ -37,19 +40,64 @@ pub struct TooManyFromIp {
     max: u32,
 }
 
-/// Caps established inbound connections per remote IP.
+/// Too many distinct peers connected already.
+#[derive(Debug, thiserror::Error)]
+#[error("{count} peers connected already (max_peers {max})")]
+pub struct TooManyPeers {
+    count: usize,
+    max: u32,
+}
+
+/// Caps established inbound connections per remote IP, and distinct peers.
 pub(crate) struct Behaviour {
     max: u32,
     per_ip: HashMap<IpAddr, u32>,
     inbound: HashMap<ConnectionId, IpAddr>,
+    /// 0: no cap on distinct peers.
+    max_peers: u32,
+    /// Connections per connected peer, and the peer of each connection.
+    peers: HashMap<PeerId, u32>,
+    conns: HashMap<ConnectionId, PeerId>,
 }
 
 impl Behaviour {
-    pub(crate) fn new(max_per_ip: u32) -> Self {
+    pub(crate) fn new(max_per_ip: u32, max_peers: u32) -> Self {
         Behaviour {
             max: max_per_ip,
             per_ip: HashMap::new(),
             inbound: HashMap::new(),
+            max_peers,
+            peers: HashMap::new(),
+            conns: HashMap::new(),
+        }
+    }
+
+    /// Counts a connection to `peer`, unless it would be one peer too many
+    /// (a further connection to a connected peer always fits).
+    fn admit_peer(&mut self, id: ConnectionId, peer: PeerId) -> Result<(), ConnectionDenied> {
+        if self.max_peers > 0
+            && !self.peers.contains_key(&peer)
+            && self.peers.len() >= self.max_peers as usize
+        {
+            return Err(ConnectionDenied::new(TooManyPeers {
+                count: self.peers.len(),
+                max: self.max_peers,
+            }));
+        }
+        *self.peers.entry(peer).or_default() += 1;
+        self.conns.insert(id, peer);
+        Ok(())
+    }
+
+    /// Forgets a connection counted by [`Self::admit_peer`].
+    fn release_peer(&mut self, id: ConnectionId) {
+        if let Some(peer) = self.conns.remove(&id) {
+            if let Some(n) = self.peers.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.peers.remove(&peer);
+                }
+            }
         }
     }
 
@@ -85,11 +133,13 @@ impl NetworkBehaviour for Behaviour {
     fn handle_established_inbound_connection(
         &mut self,
         id: ConnectionId,
-        _: PeerId,
+        peer: PeerId,
         _local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if let Some(ip) = self.check(remote)? {
+        let ip = self.check(remote)?;
+        self.admit_peer(id, peer)?;
+        if let Some(ip) = ip {
             *self.per_ip.entry(ip).or_default() += 1;
             self.inbound.insert(id, ip);
         }
@@ -98,12 +148,13 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_outbound_connection(
         &mut self,
-        _: ConnectionId,
-        _: PeerId,
+        id: ConnectionId,
+        peer: PeerId,
         _: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.admit_peer(id, peer)?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -113,8 +164,10 @@ impl NetworkBehaviour for Behaviour {
         let id = match event {
             FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => connection_id,
             FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => connection_id,
+            FromSwarm::DialFailure(DialFailure { connection_id, .. }) => connection_id,
             _ => return,
         };
+        self.release_peer(id);
         {
             if let Some(ip) = self.inbound.remove(&id) {
                 if let Some(n) = self.per_ip.get_mut(&ip) {

@@ -38,6 +38,13 @@ pub struct NetLimits {
     pub latest_in_flight: usize,
     /// How long to wait for a peer's answer to a latest-announcement request.
     pub latest_timeout: Duration,
+    /// Chunk bytes sent per second, all peers together, shared fairly
+    /// between the peers downloading (see [`super::caps`]); 0: unlimited.
+    pub upload_rate: u64,
+    /// Chunk bytes taken from peers per second, all together; 0: unlimited.
+    pub download_rate: u64,
+    /// Distinct peers connected at once; 0: only `max_connections` applies.
+    pub max_peers: u32,
 }
 
 impl Default for NetLimits {
@@ -54,6 +61,9 @@ impl Default for NetLimits {
             latest_requests_per_sec: 20,
             latest_in_flight: 8,
             latest_timeout: Duration::from_secs(10),
+            upload_rate: 0,
+            download_rate: 0,
+            max_peers: 0,
         }
     }
 }

@@ -10,11 +10,17 @@
 //!   [`EventLoop::run`] (typically in its own task).
 //!
 //! Protocols: identify, ping, gossipsub (one topic per collection, every
-//! message validated by the application), Kademlia, optional mDNS, the
+//! message validated by the application), Kademlia (peer routing and one
+//! provider record per followed collection, see [`discovery`]), optional
+//! mDNS, AutoNAT, circuit relay (server while reachable, client while not),
+//! DCUtR hole punching and optional UPnP (see [`nat`]), the
 //! `/peermirror/latest/1` request-response protocol for the latest
-//! announcement of a collection, and the `/peermirror/chunk/1` stream protocol
-//! for chunk bodies and have-maps. Chunk transfers run on their own streams
-//! outside the event loop, many in parallel per peer.
+//! announcement of a collection, the `/peermirror/chunk/2` stream protocol
+//! for chunk bodies (many per request) and have-maps (bitmaps over a
+//! manifest's chunk order, with updates pushed as a download proceeds), and
+//! the `/peermirror/mirrors/1` stream protocol for a collection's HTTP mirror
+//! records. Chunk transfers run on their own streams outside the event loop,
+//! several in parallel per peer.
 //!
 //! Of the rest of the crate, this module uses only the leaf types that name
 //! what travels: [`Hash`] for chunks and manifests, [`CollectionId`] for
@@ -23,14 +29,20 @@
 
 mod addr_filter;
 mod behaviour;
+mod caps;
+mod chunk_board;
 mod chunk_protocol;
 mod chunk_server;
 mod chunk_service;
 mod client;
+mod discovery;
 mod event_loop;
 mod ip_limits;
 mod latest_protocol;
 mod limits;
+mod mirrors_protocol;
+mod nat;
+mod peer_book;
 mod rate;
 #[cfg(test)]
 mod tests;
@@ -49,9 +61,13 @@ pub mod fuzzing {
         while let Ok(Some(_)) = block_on(super::chunk_protocol::read_request(&mut c)) {}
     }
 
-    /// Decodes one chunk-protocol response frame.
+    /// Decodes chunk-protocol response frames until the bytes end or one
+    /// fails, as the answer to a request (the first byte's parity picks
+    /// whether a subscription to a 1000-chunk order is being read).
     pub fn chunk_response(data: &[u8]) {
-        let _ = block_on(super::chunk_protocol::read_response(&mut Cursor::new(data)));
+        let order = data.first().and_then(|b| (b & 1 == 1).then_some(1000));
+        let mut c = Cursor::new(data.get(1..).unwrap_or_default());
+        while block_on(super::chunk_protocol::read_response(&mut c, order)).is_ok() {}
     }
 
     /// Decodes a latest-protocol request and response.
@@ -72,12 +88,19 @@ use crate::keys::CollectionId;
 use crate::manifest::ChunkRef;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
-pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_HAVE_IDS};
+pub use caps::CapsStats;
+pub use chunk_board::{Bitmap, BoardHandle, HaveBoard, HaveMap};
+pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_GET_IDS, MAX_HAVE_IDS};
+pub use chunk_service::{ChunkStream, HaveSubscription, HaveUpdate};
 pub use client::Client;
+pub use discovery::provider_key;
 pub use event_loop::EventLoop;
 pub use latest_protocol::MAX_ANNOUNCEMENT_LEN;
 pub use libp2p::{gossipsub::MessageId, Multiaddr, PeerId, Stream};
 pub use limits::{NetLimits, ServerStats};
+pub use mirrors_protocol::PROTOCOL_NAME as MIRRORS_PROTOCOL;
+pub use nat::{NatConfig, PathKind, Reachability, RelayLimits};
+pub use peer_book::{KnownPeer, PeerBook};
 pub use rate::RateLimiter;
 
 /// Capacity of the event channel handed to the application.
@@ -102,6 +125,11 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
     /// What peers may make this node spend.
     pub limits: NetLimits,
+    /// NAT traversal: AutoNAT, relay, UPnP, external addresses.
+    pub nat: NatConfig,
+    /// Peers learned in earlier runs (the saved [`PeerBook`]): the most
+    /// recently seen are dialed at start, and the book goes on from them.
+    pub known_peers: Vec<KnownPeer>,
     /// Whether a gossip payload is low priority (e.g. a progress note): such
     /// messages are handed to the application only while its event queue is
     /// at most half full, and ignored otherwise, so a flood of them cannot
@@ -122,14 +150,29 @@ pub trait ChunkProvider: Send + Sync + 'static {
     /// a `Vec<u8>` converts for free with `Bytes::from`.
     fn chunk(&self, id: &Hash) -> Option<Bytes>;
     /// Which of the given chunk ids this node holds (`result[i]` is for
-    /// `ids[i]`); used for have-maps.
+    /// `ids[i]`); used for have-maps of chunk lists (a manifest's own
+    /// chunks) and by peers that cannot get a manifest's map.
     fn have(&self, ids: &[Hash]) -> Vec<bool>;
+    /// What this node holds of the chunk order of manifest `id` (its
+    /// distinct chunks in order of first appearance), or `None` if it does
+    /// not hold that manifest. Asked only when no download of this node has
+    /// the manifest open on the [`HaveBoard`]; the answer is kept a minute.
+    /// The default holds no manifest: peers then ask with `have` instead.
+    fn have_map(&self, id: &Hash) -> Option<HaveMap> {
+        let _ = id;
+        None
+    }
     /// The chunks (id, length) of an encoded manifest this node holds, in
     /// order, so peers can fetch a manifest like any other data.
     fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>>;
     /// The latest accepted signed announcement of a collection (opaque
     /// bytes), for late joiners.
     fn latest_announcement(&self, collection: &CollectionId) -> Option<Vec<u8>>;
+    /// The signed mirror records (opaque bytes) held for a collection, for
+    /// peers who ask which HTTP mirrors serve it. None by default.
+    fn mirror_records(&self, _collection: &CollectionId) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 /// The application's verdict on a gossip message.
@@ -152,6 +195,23 @@ pub struct PeerInfo {
     pub addrs: Vec<Multiaddr>,
     /// Last measured ping round-trip time.
     pub rtt: Option<Duration>,
+    /// The best path among the open connections (bulk streams use it:
+    /// relayed connections are closed once a direct one exists).
+    pub path: PathKind,
+}
+
+/// What the node knows about its own reachability.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NatStatus {
+    /// AutoNAT's verdict (public when external addresses were configured).
+    pub reachability: Reachability,
+    /// Confirmed external addresses: configured, found by AutoNAT or UPnP,
+    /// or relayed ones while holding a relay slot.
+    pub external_addrs: Vec<Multiaddr>,
+    /// The relay this node holds a slot on, if any.
+    pub relay: Option<PeerId>,
+    /// Peers in the [`PeerBook`].
+    pub known_peers: usize,
 }
 
 /// What the network tells the application.
@@ -244,31 +304,68 @@ pub fn new(
         .accept(libp2p::StreamProtocol::new(chunk_protocol::PROTOCOL_NAME))
         .map_err(|e| NetError::Build(format!("chunk protocol: {e:?}")))?;
 
+    let mirrors_control = swarm.behaviour().stream.new_control();
+    let mirrors_incoming = control
+        .accept(mirrors_protocol::protocol())
+        .map_err(|e| NetError::Build(format!("mirrors protocol: {e:?}")))?;
+    // Ends when the swarm (and so the incoming stream queue) goes away.
+    tokio::spawn(tracing::Instrument::in_current_span(
+        mirrors_protocol::serve(
+            mirrors_incoming,
+            provider.clone(),
+            cfg.limits.latest_requests_per_sec,
+        ),
+    ));
+
     let mut listeners = Vec::with_capacity(cfg.listen.len());
     for addr in &cfg.listen {
-        let id = swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-        listeners.push(id);
+        match swarm.listen_on(addr.clone()) {
+            Ok(id) => listeners.push(id),
+            // Hosts without IPv6 exist: an IPv6 listener is best effort.
+            Err(e) if is_ip6(addr) => {
+                tracing::warn!(%addr, error = %e, "cannot listen on IPv6; going on without it")
+            }
+            Err(e) => {
+                return Err(NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    for addr in &cfg.nat.external_addresses {
+        swarm.add_external_address(addr.clone());
     }
 
     let pool = Arc::new(chunk_service::StreamPool::new(control));
     let counters = Arc::new(limits::Counters::default());
-    let server = chunk_server::Server::new(provider.clone(), cfg.limits.clone(), counters.clone());
+    let caps = Arc::new(caps::Caps::new(
+        cfg.limits.upload_rate,
+        cfg.limits.download_rate,
+        cfg.limits.max_peers,
+    ));
+    let board = Arc::new(HaveBoard::default());
+    let server = chunk_server::Server::new(
+        provider.clone(),
+        board.clone(),
+        cfg.limits.clone(),
+        counters.clone(),
+        caps.clone(),
+    );
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
 
-    let client = Client::new(
+    let client = Client {
         local_peer_id,
-        cmd_tx,
-        report_tx,
-        pool.clone(),
-        counters.clone(),
-    );
+        commands: cmd_tx,
+        reports: report_tx,
+        pool: pool.clone(),
+        counters: counters.clone(),
+        mirrors: mirrors_control,
+        caps,
+        board,
+    };
     let event_loop = EventLoop::new(event_loop::Parts {
         swarm,
         bootstrap: cfg.bootstrap,
@@ -283,6 +380,16 @@ pub fn new(
         counters,
         limits: cfg.limits,
         low_priority_gossip: cfg.low_priority_gossip,
+        known_peers: cfg.known_peers,
+        external_given: !cfg.nat.external_addresses.is_empty(),
     });
     Ok((client, event_rx, event_loop))
+}
+
+/// Whether `addr` is an IPv6 address.
+fn is_ip6(addr: &Multiaddr) -> bool {
+    matches!(
+        addr.iter().next(),
+        Some(libp2p::multiaddr::Protocol::Ip6(_))
+    )
 }

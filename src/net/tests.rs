@@ -25,6 +25,7 @@ struct MapProvider {
     chunks: HashMap<Hash, Bytes>,
     latest: HashMap<CollectionId, Vec<u8>>,
     manifests: HashMap<Hash, Vec<ChunkRef>>,
+    maps: HashMap<Hash, HaveMap>,
 }
 
 impl ChunkProvider for MapProvider {
@@ -39,6 +40,9 @@ impl ChunkProvider for MapProvider {
     }
     fn manifest_chunks(&self, id: &Hash) -> Option<Vec<ChunkRef>> {
         self.manifests.get(id).cloned()
+    }
+    fn have_map(&self, id: &Hash) -> Option<HaveMap> {
+        self.maps.get(id).cloned()
     }
 }
 
@@ -66,6 +70,8 @@ fn config(listen: Vec<Multiaddr>, kademlia: bool) -> NetConfig {
         kademlia,
         idle_timeout: Duration::from_secs(60),
         limits: super::NetLimits::default(),
+        nat: NatConfig::default(),
+        known_peers: Vec::new(),
         low_priority_gossip: super::no_low_priority_gossip,
     }
 }
@@ -152,6 +158,21 @@ async fn fetch_roundtrip(listen: Multiaddr) {
     ));
     // The stream is still usable after NotFound.
     assert_eq!(b.client.fetch_chunk(pa, id(3)).await.unwrap(), vec![3; 10]);
+    // Many ids in one request, answered in order as they come.
+    let mut batch = b
+        .client
+        .fetch_chunks(pa, vec![id(3), id(2), id(1), id(3)])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(r) = batch.next().await {
+        got.push(r.unwrap().map(|b| b.len()));
+    }
+    assert_eq!(got, vec![Some(10), None, Some(body.len()), Some(10)]);
+    assert!(matches!(
+        b.client.fetch_chunks(pa, vec![]).await,
+        Err(NetError::TooLarge(_))
+    ));
     assert_eq!(
         b.client
             .fetch_have(pa, vec![id(1), id(2), id(3), id(4)])
@@ -190,6 +211,57 @@ async fn fetch_roundtrip(listen: Multiaddr) {
         connected |= matches!(ev, Event::PeerConnected(p) if p == pa);
     }
     assert!(connected, "PeerConnected event missing");
+}
+
+/// Have-maps: from the provider for a manifest no download has open, from
+/// the board (with pushed updates, then `All`) for one that is being
+/// downloaded, `NotFound` for one the peer lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn have_map_subscriptions() {
+    let mut provider = MapProvider::default();
+    let mut held = Bitmap::new(10);
+    held.set(3);
+    provider.maps.insert(id(7), HaveMap::Some(held.clone()));
+    provider.maps.insert(id(8), HaveMap::All(10));
+    let a = start(config(vec![tcp_addr()], false), provider);
+    let b = start(config(vec![tcp_addr()], false), MapProvider::default());
+    connect(&b, &a).await;
+    let pa = a.client.local_peer_id();
+
+    let mut s = b.client.subscribe_have(pa, id(7), 10).await.unwrap();
+    assert_eq!(s.next().await.unwrap(), Some(HaveUpdate::Map(held.clone())));
+    assert_eq!(s.next().await.unwrap(), None, "no download updates it");
+    let mut s = b.client.subscribe_have(pa, id(8), 10).await.unwrap();
+    assert_eq!(s.next().await.unwrap(), Some(HaveUpdate::All));
+    assert_eq!(s.next().await.unwrap(), None);
+    assert!(matches!(
+        b.client.subscribe_have(pa, id(9), 10).await,
+        Err(NetError::NotFound)
+    ));
+    // A map of another length than the requester's order is refused.
+    assert!(matches!(
+        b.client.subscribe_have(pa, id(7), 11).await,
+        Err(NetError::Protocol(_))
+    ));
+
+    // A download on a: its progress reaches b as it is posted.
+    let board = a.client.have_board().open(id(6), held.clone());
+    let mut s = b.client.subscribe_have(pa, id(6), 10).await.unwrap();
+    assert_eq!(s.next().await.unwrap(), Some(HaveUpdate::Map(held)));
+    board.add([5, 1]);
+    assert_eq!(s.next().await.unwrap(), Some(HaveUpdate::Added(vec![5, 1])));
+    board.add((0..10).collect::<Vec<u32>>());
+    let mut rest = Vec::new();
+    loop {
+        match s.next().await.unwrap() {
+            Some(HaveUpdate::Added(v)) => rest.extend(v),
+            Some(HaveUpdate::All) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    rest.sort_unstable();
+    assert_eq!(rest, vec![0, 2, 4, 6, 7, 8, 9]);
+    assert_eq!(s.next().await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

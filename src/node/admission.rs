@@ -13,6 +13,7 @@ use libp2p::PeerId;
 use crate::announce::{AnnounceError, SignedAnnouncement};
 use crate::gossip::{GossipError, GossipMessage};
 use crate::keys::CollectionId;
+use crate::mirrors::{MirrorTable, RecordError, SignedMirrorRecord};
 use crate::net::{RateLimiter, Verdict};
 use crate::store::{Recorded, Store};
 use crate::task::lock;
@@ -29,7 +30,7 @@ pub enum Admission {
 }
 
 /// What was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
     /// A newer announcement, now recorded as accepted.
     Announcement {
@@ -37,19 +38,32 @@ pub enum Accepted {
         collection: CollectionId,
         /// Its version.
         version: u64,
+        /// The collection's name, for the log.
+        name: String,
+        /// Bytes of the version's files, for the log.
+        bytes: u64,
     },
     /// A note that a peer holds a version: a hint to refresh have-maps.
     Have {
         /// The topic's collection.
         collection: CollectionId,
     },
+    /// A newer mirror record, now in the table.
+    MirrorRecord {
+        /// Its collection.
+        collection: CollectionId,
+        /// The mirror.
+        peer: PeerId,
+    },
 }
 
 impl Accepted {
     /// The collection it concerns.
     pub fn collection(&self) -> CollectionId {
-        match *self {
-            Accepted::Announcement { collection, .. } | Accepted::Have { collection } => collection,
+        match self {
+            Accepted::Announcement { collection, .. }
+            | Accepted::Have { collection }
+            | Accepted::MirrorRecord { collection, .. } => *collection,
         }
     }
 }
@@ -99,6 +113,10 @@ pub enum Reason {
     /// The relaying peer sent more `Have` notes than its rate allows.
     #[error("too many have notes from this peer")]
     HaveRate,
+    /// A mirror record that does not decode or verify, is expired, not
+    /// from its mirror, or a replay.
+    #[error(transparent)]
+    MirrorRecord(RecordError),
 }
 
 impl Admission {
@@ -169,6 +187,7 @@ pub(crate) fn gossip(
     store: &Store,
     followed: &dyn Fn(&CollectionId) -> bool,
     haves: &HaveFilter,
+    mirrors: &MirrorTable,
     msg: Received<'_>,
     now: u64,
 ) -> Admission {
@@ -188,6 +207,69 @@ pub(crate) fn gossip(
         Ok(GossipMessage::Announce(bytes)) => {
             announcement(store, followed, Some(msg.topic), &bytes, now)
         }
+        Ok(GossipMessage::Mirror(bytes)) => mirror_record(
+            mirrors,
+            followed,
+            msg.topic,
+            RecordSource::Gossip(msg.author),
+            &bytes,
+            now,
+        ),
+    }
+}
+
+/// Where a mirror record came from.
+pub(crate) enum RecordSource {
+    /// Gossip written (and signed) by this peer: it must be the record's.
+    Gossip(Option<PeerId>),
+    /// A peer's answer to a request for a collection's records: any
+    /// mirror's records, vouched for by their own signatures.
+    Answer,
+}
+
+/// Admits an encoded mirror record of `collection` (the gossip topic's,
+/// or the one asked for). Refused, penalising the sender: undecodable,
+/// out of range, a bad signature, signed by another key than its peer's,
+/// for another collection, or gossiped by another peer than its own.
+/// Ignored: expired, not followed here, or not newer than the record
+/// already taken from that mirror (a replay). Accepted ones go into the
+/// table.
+pub(crate) fn mirror_record(
+    table: &MirrorTable,
+    followed: &dyn Fn(&CollectionId) -> bool,
+    collection: CollectionId,
+    source: RecordSource,
+    bytes: &[u8],
+    now: u64,
+) -> Admission {
+    let r = match SignedMirrorRecord::decode(bytes, now) {
+        Ok(r) => r,
+        Err(e @ RecordError::Expired(_)) => return Admission::Ignore(Reason::MirrorRecord(e)),
+        Err(e) => return Admission::Reject(Reason::MirrorRecord(e)),
+    };
+    let c = r.body.collection;
+    if c != collection {
+        return Admission::Reject(Reason::WrongTopic(c));
+    }
+    let peer = r.body.peer_id();
+    if let (RecordSource::Gossip(author), Some(peer)) = (&source, peer) {
+        if *author != Some(peer) {
+            return Admission::Reject(Reason::MirrorRecord(RecordError::NotFromAuthor {
+                peer: peer.to_string(),
+                author: author.map_or_else(|| "nobody".into(), |a| a.to_string()),
+            }));
+        }
+    }
+    if !followed(&c) {
+        return Admission::Ignore(Reason::NotFollowed(c));
+    }
+    match (table.insert(r, now), peer) {
+        (Ok(()), Some(peer)) => Admission::Accept(Accepted::MirrorRecord {
+            collection: c,
+            peer,
+        }),
+        (Ok(()), None) => Admission::Reject(Reason::MirrorRecord(RecordError::OutOfRange("peer"))),
+        (Err(e), _) => Admission::Ignore(Reason::MirrorRecord(e)),
     }
 }
 
@@ -271,6 +353,8 @@ pub(crate) fn announcement(
         Ok(Recorded::New) => Admission::Accept(Accepted::Announcement {
             collection: c,
             version: a.body.version,
+            name: a.body.name.clone(),
+            bytes: a.body.total_bytes,
         }),
         Ok(Recorded::NotNewer { accepted }) => Admission::Ignore(Reason::NotNewer {
             version: a.body.version,
@@ -321,7 +405,7 @@ mod tests {
                 author: Some(peer),
                 data,
             };
-            super::gossip(store, f, &haves, msg, t)
+            super::gossip(store, f, &haves, &MirrorTable::default(), msg, t)
         };
         let a = gossip(&store, &all, c, &gossip_of(&v2), t);
         assert!(matches!(
@@ -421,7 +505,7 @@ mod tests {
                 author,
                 data,
             };
-            gossip(&store, &all, &haves, msg, t)
+            gossip(&store, &all, &haves, &MirrorTable::default(), msg, t)
         };
         // Relayed by another peer, written by its holder: fine, once.
         let a = admit(&have_note(2, &holder), Some(holder));
@@ -481,7 +565,11 @@ mod tests {
                     author: Some(holder),
                     data: &have_note(1, &holder),
                 };
-                matches!(gossip(&store, &all, &haves, msg, t), Admission::Accept(_))
+                let table = MirrorTable::default();
+                matches!(
+                    gossip(&store, &all, &haves, &table, msg, t),
+                    Admission::Accept(_)
+                )
             })
             .count();
         assert_eq!(accepted, 2, "one per second, bursts of two");
@@ -493,7 +581,7 @@ mod tests {
             data: &have_note(1, &other),
         };
         assert!(matches!(
-            gossip(&store, &all, &haves, msg, t),
+            gossip(&store, &all, &haves, &MirrorTable::default(), msg, t),
             Admission::Accept(_)
         ));
     }

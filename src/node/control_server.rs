@@ -75,14 +75,16 @@ pub(crate) fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListe
 }
 
 /// Reads one request line of at most [`MAX_REQUEST`] bytes within
-/// [`REQUEST_TIMEOUT`]; `Err` carries the answer for a bad one.
-async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<Request, CommandError> {
+/// [`REQUEST_TIMEOUT`]; `Err` carries the answer for a bad one, `None`
+/// means the client closed without a word (a CLI checking the node runs).
+async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<Option<Request>, CommandError> {
     let mut line = String::new();
     let mut limited = tokio::io::BufReader::new(r.take(MAX_REQUEST + 1));
     let usage = |m: String| CommandError::new(ErrorKind::Usage, m);
     match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await {
         Err(_) => return Err(usage("no control request received in time".into())),
         Ok(Err(e)) => return Err(usage(format!("bad control request: {e}"))),
+        Ok(Ok(0)) => return Ok(None),
         Ok(Ok(_)) => {}
     }
     if line.len() as u64 > MAX_REQUEST {
@@ -90,13 +92,16 @@ async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<Request, Com
             "control request longer than {MAX_REQUEST} bytes"
         )));
     }
-    serde_json::from_str::<Request>(&line).map_err(|e| usage(format!("bad control request: {e}")))
+    serde_json::from_str::<Request>(&line)
+        .map(Some)
+        .map_err(|e| usage(format!("bad control request: {e}")))
 }
 
 async fn handle(node: Arc<Node>, stream: tokio::net::UnixStream) {
     let (r, mut w) = stream.into_split();
     let answer = match read_request(r).await {
-        Ok(req) => node.call(req).await,
+        Ok(None) => return,
+        Ok(Some(req)) => node.call(req).await,
         Err(e) => {
             tracing::warn!(error = %e, "refused a control request");
             Err(e)

@@ -1,5 +1,7 @@
-//! A follower: one task per collection that fetches each newer accepted
-//! version and makes it current once complete, then collects old versions.
+//! A follower: one task per followed collection that fetches each newer
+//! accepted version (the paths it mirrors, for a partial mirror, see
+//! [`crate::filter`]) and makes it current once complete, then collects old
+//! versions. It ends when the collection is unfollowed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,7 +11,9 @@ use tokio::sync::Notify;
 
 use super::{lock, space, Inner};
 use crate::gossip::GossipMessage;
+use crate::human;
 use crate::keys::CollectionId;
+use crate::metrics::Fault;
 use crate::store::StoreError;
 use crate::sync::{self, Progress, SyncError};
 use crate::task::blocking;
@@ -27,6 +31,8 @@ pub(crate) struct Follower {
     pub(crate) repair: std::sync::atomic::AtomicBool,
     /// A version not fetched for lack of space, shown in `status`.
     pub(crate) refused: std::sync::Mutex<Option<crate::control::status::Refused>>,
+    /// Unfollowed: the task ends and a download in progress is cancelled.
+    pub(crate) stopped: std::sync::atomic::AtomicBool,
 }
 
 /// Runs until shutdown.
@@ -40,6 +46,9 @@ pub(crate) async fn run(
     };
     let mut backoff = space::BACKOFF_START;
     loop {
+        if me.stopped.load(Ordering::Relaxed) {
+            return;
+        }
         let r = step(&inner, c, &me).await;
         if !matches!(&r, Err(e) if space::disk_full(e)) {
             backoff = space::BACKOFF_START;
@@ -49,12 +58,14 @@ pub(crate) async fn run(
             Ok(false) => {}
             Err(SyncError::Cancelled) => {}
             Err(e) if space::disk_full(&e) => {
+                inner.metrics.error(Fault::DiskFull);
                 if !space::wait_for_space(&inner, c, &e, &mut backoff, &mut stop).await {
                     return;
                 }
                 continue;
             }
             Err(e) => {
+                inner.metrics.error(Fault::SyncFailed);
                 tracing::warn!(collection = %c, error = %e, "sync failed; will retry");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
@@ -79,21 +90,21 @@ async fn repair(
     let s = inner.store.clone();
     let id = cur.body.manifest;
     let missing = blocking::<_, StoreError>("checking the current version", move || {
-        s.missing_chunks(&s.manifest(&id)?)
+        s.missing_wanted(&s.manifest(&id)?, &s.filter(&c)?)
     })
     .await?;
     if missing.is_empty() {
         return Ok(());
     }
     tracing::info!(collection = %c, chunks = missing.len(), "fetching chunks of the current version again");
-    let stopping = || inner.stopping.load(Ordering::Relaxed);
+    let stopping = || inner.stopping.load(Ordering::Relaxed) || me.stopped.load(Ordering::Relaxed);
     sync::fetch_chunks(
         &inner.client,
         &inner.store,
         missing,
         &me.progress,
         &stopping,
-        &inner.reputation,
+        &inner.accounting(),
     )
     .await
 }
@@ -120,6 +131,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     let store = inner.store.clone();
     let cancelled = || {
         inner.stopping.load(Ordering::Relaxed)
+            || me.stopped.load(Ordering::Relaxed)
             || store
                 .latest(&c)
                 .ok()
@@ -137,22 +149,32 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
         me.in_progress.store(0, Ordering::Relaxed);
         return Ok(false);
     }
-    tracing::info!(collection = %c, version = v, "fetching version");
+    let name = target.body.name.clone();
+    let started = std::time::Instant::now();
+    let down_before = me.progress.bytes_down.load(Ordering::Relaxed);
     let m = sync::fetch_manifest(
         &inner.client,
         &inner.store,
         &target.body,
         &me.progress,
         &cancelled,
-        &inner.reputation,
+        &inner.accounting(),
     )
     .await?;
+    // A partial mirror fetches the chunks of the paths it keeps only.
     let s = inner.store.clone();
     let m = Arc::new(m);
     let m2 = m.clone();
-    let missing = blocking("listing missing chunks", move || s.missing_chunks(&m2)).await?;
-    let total = m.total_bytes();
-    let lacking: u64 = missing.iter().map(|c| c.len as u64).sum();
+    let id = target.body.manifest;
+    let (missing, total) = blocking::<_, StoreError>("listing missing chunks", move || {
+        let filter = s.filter(&c)?;
+        Ok((
+            sync::Wanted::of_manifest(&s, id, &m2, &filter)?,
+            sync::needed_bytes(&m2, &filter),
+        ))
+    })
+    .await?;
+    let lacking = missing.bytes();
     if !space::admit(inner, c, me, v, lacking).await? {
         me.in_progress.store(0, Ordering::Relaxed);
         return Ok(false);
@@ -161,15 +183,41 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     me.progress
         .done_bytes
         .store(total.saturating_sub(lacking), Ordering::Relaxed);
+    tracing::info!(
+        collection = %name,
+        version = v,
+        size = %human::bytes(total),
+        missing = %human::bytes(lacking),
+        "fetching version"
+    );
+    me.progress
+        .total_chunks
+        .store(missing.len() as u64, Ordering::Relaxed);
+    me.progress.done_chunks.store(0, Ordering::Relaxed);
     sync::fetch_chunks(
         &inner.client,
         &inner.store,
         missing,
         &me.progress,
         &cancelled,
-        &inner.reputation,
+        &inner.accounting(),
     )
     .await?;
+    let took = started.elapsed();
+    let got = me
+        .progress
+        .bytes_down
+        .load(Ordering::Relaxed)
+        .saturating_sub(down_before);
+    tracing::info!(
+        collection = %name,
+        version = v,
+        size = %human::bytes(got),
+        time = %human::duration(took),
+        peers = inner.client.chunk_senders_since(started),
+        rate = %human::rate(got as f64 / took.as_secs_f64().max(1e-3)),
+        "fetched version"
+    );
     let s = inner.store.clone();
     let keep = inner.keep;
     blocking::<_, StoreError>("making the version current", move || {
@@ -179,7 +227,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     })
     .await?;
     me.in_progress.store(0, Ordering::Relaxed);
-    tracing::info!(collection = %c, version = v, "version is current");
+    tracing::info!(collection = %name, version = v, "version is current");
     let note = GossipMessage::Have {
         version: v,
         holder: inner.client.local_peer_id().to_bytes(),

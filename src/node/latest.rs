@@ -67,9 +67,16 @@ pub(super) fn log(a: &Admission, from: &PeerId) {
         Admission::Accept(admission::Accepted::Announcement {
             collection,
             version,
-        }) => {
-            tracing::info!(%collection, version, peer = %from, "accepted a new announcement")
-        }
+            name,
+            bytes,
+        }) => tracing::info!(
+            collection = %name,
+            version,
+            size = %crate::human::bytes(*bytes),
+            id = %collection,
+            peer = %from,
+            "accepted a new version"
+        ),
         Admission::Accept(_) => {}
         Admission::Reject(why) => tracing::warn!(peer = %from, %why, "rejected a message"),
         Admission::Ignore(why @ Reason::Local(_)) => {

@@ -4,19 +4,30 @@
 //! [`Node::start`] opens the store, builds the libp2p swarm (see
 //! [`crate::net`]) and spawns: the swarm's event loop; a task that admits
 //! gossip ([`admission`]) and greets newly connected peers; one follower per
-//! collection ([`follow`]), which fetches each newer version and makes it
-//! current when complete; a poller that asks every peer for the latest
+//! followed collection ([`follow`]; the followed set is recorded in the
+//! store, see [`crate::store::Interest`]), which fetches each newer version
+//! (of the paths it mirrors) and makes it current when complete; a poller that asks every peer for the latest
 //! announcements every 30 seconds ([`latest`], a backup for missed gossip);
 //! a task that dials configured peers again while they are not connected
-//! ([`redial`]); and the control socket ([`control_server`]). It stops when the shutdown
+//! ([`redial`]); a task that advertises this node as an HTTP mirror and
+//! probes the mirrors it knows ([`mirrors`]); one that saves the peers the
+//! network learned ([`known_peers`]); one that logs the limits hit
+//! ([`limits_log`]); and the control socket ([`control_server`]). It stops
+//! when the shutdown
 //! future it was given resolves, or on [`Node::shutdown`].
 
+mod addrs;
 pub mod admission;
 mod config;
 mod control_server;
 mod follow;
+mod following;
+mod known_peers;
 mod latest;
+mod limits_log;
 mod local;
+mod metrics;
+mod mirrors;
 mod provider;
 mod redial;
 mod reputation;
@@ -46,7 +57,7 @@ use crate::publish::{PublishError, PublishOptions, PublishReport};
 use crate::store::{Store, StoreError};
 pub(crate) use crate::task::{blocking, lock};
 pub use admission::Admission;
-pub use config::{net_limits, NodeConfig};
+pub use config::{net_limits, FollowSpec, NodeConfig};
 use follow::Follower;
 pub use local::LocalStore;
 pub use provider::StoreProvider;
@@ -83,6 +94,9 @@ pub enum NodeError {
     /// The HTTP address could not be bound.
     #[error("serving HTTP on {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
+    /// The configured GeoIP database could not be read.
+    #[error(transparent)]
+    GeoIp(#[from] crate::mirrors::geoip::GeoIpError),
 }
 
 impl NodeError {
@@ -118,10 +132,17 @@ pub(crate) struct Inner {
     pub(crate) followers: Mutex<HashMap<CollectionId, Arc<Follower>>>,
     pub(crate) haves: admission::HaveFilter,
     pub(crate) stopping: AtomicBool,
-    /// What peers did wrong, over the node's life; handed to every download.
+    /// What peers did wrong, over the node's life; handed to every download
+    /// (through [`Inner::accounting`], which counts on the way).
     pub(crate) reputation: reputation::Reputation,
+    /// The node's Prometheus metrics.
+    pub(crate) metrics: crate::metrics::Metrics,
     /// Collections published through this node: it re-announces them.
     pub(crate) published: Mutex<std::collections::HashSet<CollectionId>>,
+    /// The HTTP mirrors known, and what this node advertises as one.
+    pub(crate) mirrors: Arc<crate::mirrors::Mirrors>,
+    /// The node key, which signs this node's mirror records.
+    pub(crate) keypair: Keypair,
     /// The span every task of this node runs in.
     pub(crate) span: tracing::Span,
 }
@@ -201,13 +222,36 @@ impl Node {
             .instrument(span.clone())
             .await?;
         let store = Arc::new(store);
+        // The followed set: recorded in the store, plus what this run names.
+        let (s, specs) = (store.clone(), cfg.follow.clone());
+        let (follow, recorded_peers) = blocking("reading the followed set", move || {
+            following::apply_follows(&s, &specs)
+        })
+        .instrument(span.clone())
+        .await?;
+        let mut net_cfg = cfg.net.clone();
+        for p in recorded_peers {
+            if !net_cfg.bootstrap.contains(&p) {
+                net_cfg.bootstrap.push(p);
+            }
+        }
         let keypair = node_key(&cfg.data.join("node.key"))?;
+        let mirror_settings = cfg.http.as_ref().map(|h| h.mirror.clone());
+        let mirrors = Arc::new(crate::mirrors::Mirrors::new(
+            keypair.public().to_peer_id(),
+            mirror_settings.unwrap_or_default(),
+        )?);
         let bytes_up = Arc::new(AtomicU64::new(0));
-        let provider = Arc::new(StoreProvider::new(store.clone(), bytes_up.clone()));
-        let (client, events, event_loop) = {
+        let provider = Arc::new(
+            StoreProvider::new(store.clone(), bytes_up.clone()).with_mirrors(mirrors.clone()),
+        );
+        net_cfg.known_peers = known_peers::load(&store);
+        let (client, events, mut event_loop) = {
             let _in_span = span.enter();
-            net::new(keypair, cfg.net.clone(), provider)?
+            net::new(keypair.clone(), net_cfg.clone(), provider)?
         };
+        let metrics = crate::metrics::Metrics::new();
+        event_loop.record_metrics(metrics.libp2p());
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
         let reputation =
@@ -215,6 +259,7 @@ impl Node {
         let inner = Arc::new(Inner {
             store,
             reputation,
+            metrics,
             client,
             keep: cfg.keep.max(1),
             max_store_bytes: cfg.limits.max_store_bytes,
@@ -223,6 +268,8 @@ impl Node {
             haves: admission::HaveFilter::new(cfg.limits.have_notes_per_sec),
             stopping: AtomicBool::new(false),
             published: Mutex::new(Default::default()),
+            mirrors,
+            keypair,
             span,
         });
         let mut tasks = Vec::new();
@@ -234,10 +281,18 @@ impl Node {
         tasks.push(inner.spawn(latest::poll(inner.clone(), rx.clone())));
         tasks.push(inner.spawn(redial::run(
             inner.clone(),
-            cfg.net.bootstrap.clone(),
+            net_cfg.bootstrap.clone(),
             rx.clone(),
         )));
         tasks.push(inner.spawn(latest::freshness(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(mirrors::run(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(known_peers::run(inner.clone(), rx.clone())));
+        tasks.push(inner.spawn(limits_log::run(inner.clone(), rx.clone())));
+        let sampled = Arc::downgrade(&inner);
+        inner.metrics.set_source(Arc::new(move || {
+            let i = sampled.upgrade();
+            Box::pin(async move { i?.metrics_sample().await })
+        }));
         // The caller's shutdown future flips the same switch as shutdown().
         let trigger = tx.clone();
         inner.spawn(async move {
@@ -259,6 +314,7 @@ impl Node {
             let repair = inner.clone();
             let status = inner.clone();
             let gateway = Gateway::new(inner.store.clone(), h)
+                .with_mirrors(inner.mirrors.clone())
                 .with_corrupt_chunk_hook(move |id| {
                     tracing::warn!(chunk = %id, "a served chunk was corrupt on disk; fetching it again");
                     repair.repair_all();
@@ -269,7 +325,8 @@ impl Node {
                         let s = i.status().await.ok()?;
                         serde_json::to_vec_pretty(&s).ok()
                     })
-                }));
+                }))
+                .with_metrics(inner.metrics.clone());
             let mut stop = rx.clone();
             tasks.push(inner.spawn(async move {
                 let stopped = async move {
@@ -286,12 +343,9 @@ impl Node {
             shutdown: tx,
             tasks: Mutex::new(tasks),
         });
-        let mut follow = cfg.follow.clone();
-        let s = inner.store.clone();
-        let held = blocking("listing collections", move || s.collections()).await?;
-        follow.extend(held.iter().map(|c| c.id));
+        // Only what is followed: a collection merely held is served, not followed.
         for c in follow {
-            node.follow(c).await?;
+            node.start_follower(c).await?;
         }
         if cfg.control {
             let t = control_server::serve(node.clone(), rx).map_err(NodeError::Control)?;
@@ -315,6 +369,11 @@ impl Node {
         crate::sync::PeerAccounting::is_banned(&self.inner.reputation, peer)
     }
 
+    /// The node's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
     /// The network handle.
     pub fn client(&self) -> &net::Client {
         &self.inner.client
@@ -330,37 +389,48 @@ impl Node {
         self.inner.client.listen_addrs().await
     }
 
-    /// Follows a collection: subscribes to its topic and fetches each new version.
-    pub async fn follow(&self, c: CollectionId) -> Result<(), NodeError> {
-        let new = match lock(&self.inner.followers).entry(c) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Arc::new(Follower::default()));
-                true
-            }
-        };
-        if new {
-            self.inner.client.subscribe(c).await?;
-            let t = self.inner.spawn(follow::run(
-                self.inner.clone(),
-                c,
-                self.shutdown.subscribe(),
-            ));
-            lock(&self.tasks).push(t);
-            // Ask the peers we already have.
-            for p in self.inner.client.peers().await {
-                self.inner
-                    .spawn(latest::ask_all(self.inner.clone(), p.peer_id));
-            }
-        }
-        Ok(())
-    }
-
     /// Runs a control command: the same code path as on a store opened
     /// directly, plus announcing after a publish and the network's status.
     pub async fn call(&self, req: Request) -> Result<Response, CommandError> {
         match req {
             Request::Status => Ok(Response::Status(Box::new(self.status().await?))),
+            Request::Ticket {
+                collection,
+                addrs,
+                only,
+                ..
+            } => {
+                // The addresses the node has: confirmed external ones first.
+                let mut own = self.inner.client.external_addrs().await;
+                own.extend(self.inner.client.listen_addrs().await);
+                let store = self.inner.store.clone();
+                let r = blocking("making a ticket", move || {
+                    local::ticket(&store, &collection, &addrs, &only, &own)
+                        .map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                Ok(Response::Ticket(r))
+            }
+            Request::Unfollow { collection } => {
+                let store = self.inner.store.clone();
+                let r = blocking("unfollowing", move || {
+                    local::unfollow(&store, &collection).map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                if let Ok(c) = r.collection.parse() {
+                    self.stop_follower(c).await;
+                }
+                Ok(Response::Unfollowed(r))
+            }
+            Request::Follow { target, only } => {
+                let store = self.inner.store.clone();
+                let r = blocking("following", move || {
+                    local::follow(&store, &target, only).map_err(|e| CommandError::from_error(&*e))
+                })
+                .await?;
+                self.followed(&r).await?;
+                Ok(Response::Followed(r))
+            }
             req => {
                 let publishing = matches!(req, Request::Publish { .. });
                 let store = self.inner.store.clone();
@@ -481,6 +551,10 @@ impl Node {
 
     /// Stops every task and waits for them (at most a few seconds each).
     pub async fn shutdown(&self) {
+        if !self.inner.stopping.load(Ordering::Relaxed) {
+            // While the network still runs: what it learned about peers.
+            known_peers::save(&self.inner).await;
+        }
         self.inner.stopping.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let tasks = std::mem::take(&mut *lock(&self.tasks));
@@ -526,7 +600,7 @@ async fn handle_events(
                             author,
                             data: &data,
                         };
-                        admission::gossip(store, followed, &i.haves, msg, now)
+                        admission::gossip(store, followed, &i.haves, &i.mirrors.table, msg, now)
                     })
                     .await;
                 latest::log(&admission, &source);
@@ -534,8 +608,13 @@ async fn handle_events(
             }
             Event::PeerConnected(peer) => {
                 inner.spawn(latest::ask_all(inner.clone(), peer));
+                inner.spawn(mirrors::ask(inner.clone(), peer));
             }
-            Event::PeerDisconnected(_) => {}
+            Event::PeerDisconnected(peer) => {
+                // It may have stopped: probe it again before sending anyone there.
+                inner.mirrors.health.forget(&peer);
+                inner.metrics.forget_peer(&peer);
+            }
         }
     }
 }

@@ -14,12 +14,24 @@ use crate::store::Store;
 pub struct StoreProvider {
     pub(crate) store: Arc<Store>,
     pub(crate) bytes_up: Arc<AtomicU64>,
+    /// The mirror records handed to peers who ask.
+    pub(crate) mirrors: Option<Arc<crate::mirrors::Mirrors>>,
 }
 
 impl StoreProvider {
     /// Serves `store`, counting bytes sent in `bytes_up`.
     pub fn new(store: Arc<Store>, bytes_up: Arc<AtomicU64>) -> Self {
-        StoreProvider { store, bytes_up }
+        StoreProvider {
+            store,
+            bytes_up,
+            mirrors: None,
+        }
+    }
+
+    /// Also hands out the mirror records of `mirrors`.
+    pub fn with_mirrors(mut self, mirrors: Arc<crate::mirrors::Mirrors>) -> Self {
+        self.mirrors = Some(mirrors);
+        self
     }
 }
 
@@ -51,11 +63,22 @@ impl ChunkProvider for StoreProvider {
         self.store.manifest_chunks(id).ok()?
     }
 
+    fn have_map(&self, id: &Hash) -> Option<crate::net::HaveMap> {
+        crate::sync::have_map(&self.store, id).ok()?
+    }
+
     fn latest_announcement(&self, collection: &CollectionId) -> Option<Vec<u8>> {
         self.store
             .latest(collection)
             .ok()
             .flatten()
             .map(|a| a.encode())
+    }
+
+    fn mirror_records(&self, collection: &CollectionId) -> Vec<Vec<u8>> {
+        self.mirrors
+            .as_ref()
+            .map(|m| m.answer(collection))
+            .unwrap_or_default()
     }
 }

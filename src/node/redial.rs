@@ -83,12 +83,23 @@ pub(crate) async fn run(inner: Arc<Inner>, peers: Vec<Multiaddr>, mut stop: watc
                         t.failures += 1;
                         t.wait = (t.wait * 2).min(MAX);
                         t.next = Instant::now() + t.wait;
-                        tracing::debug!(
-                            addr = %t.addr,
-                            error = %e,
-                            "configured peer unreachable; dialing again in {}s",
-                            t.wait.as_secs()
-                        );
+                        // Once when it goes (people read this), then quietly
+                        // at every retry of the backoff.
+                        if t.failures == 1 {
+                            tracing::warn!(
+                                addr = %t.addr,
+                                error = %e,
+                                "cannot reach a configured peer; retrying every {}s at most",
+                                MAX.as_secs()
+                            );
+                        } else {
+                            tracing::debug!(
+                                addr = %t.addr,
+                                error = %e,
+                                "configured peer unreachable; dialing again in {}s",
+                                t.wait.as_secs()
+                            );
+                        }
                     }
                 }
             }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{blocking, local, lock, Inner, NodeError};
-use crate::control::status::{NodeInfo, PeerStatus, Status};
+use crate::control::status::{CapsStatus, NodeInfo, PeerStatus, Status};
 
 impl Inner {
     /// A snapshot of the store's and the node's state.
@@ -16,6 +16,8 @@ impl Inner {
             let Some(f) = cs.id.parse().ok().and_then(|c| followers.get(&c)) else {
                 continue;
             };
+            // Followed now, recorded or named by this run's settings.
+            cs.followed = true;
             cs.in_progress = Some(f.in_progress.load(Ordering::Relaxed)).filter(|v| *v > 0);
             cs.done_bytes = f.progress.done_bytes.load(Ordering::Relaxed);
             cs.total_bytes = f.progress.total_bytes.load(Ordering::Relaxed);
@@ -31,8 +33,10 @@ impl Inner {
                 id: p.peer_id.to_string(),
                 addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                path: p.path.to_string(),
             })
             .collect();
+        let nat = self.client.nat_status().await;
         status.node = Some(NodeInfo {
             peer_id: self.client.local_peer_id().to_string(),
             listen: self
@@ -48,6 +52,20 @@ impl Inner {
                 .map(|f| f.progress.bytes_down.load(Ordering::Relaxed))
                 .sum(),
             peers,
+            reachability: nat.reachability.to_string(),
+            external_addrs: nat.external_addrs.iter().map(|a| a.to_string()).collect(),
+            relay: nat.relay.map(|r| r.to_string()),
+            known_peers: nat.known_peers,
+            caps: {
+                let c = self.client.caps_stats();
+                CapsStatus {
+                    upload_cap: c.upload_cap.unwrap_or(0),
+                    download_cap: c.download_cap.unwrap_or(0),
+                    max_peers: c.max_peers.unwrap_or(0),
+                    upload_rate: c.upload_rate,
+                    download_rate: c.download_rate,
+                }
+            },
         });
         Ok(status)
     }

@@ -18,6 +18,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{io_ctx, Result, Store, StoreError};
+use crate::filter::PathFilter;
 use crate::hash::Hash;
 use crate::keys::CollectionId;
 use crate::manifest::EntryKind;
@@ -58,7 +59,9 @@ impl Store {
         // Streamed twice (checked, then written), never held whole: a
         // manifest may list millions of files.
         let m = a.body.manifest;
-        let missing = self.missing_in(&m)?;
+        // A partial mirror exports the paths it keeps.
+        let filter = self.filter(id)?;
+        let missing = self.missing_in(&m, &filter)?;
         if missing > 0 {
             return Err(StoreError::Incomplete {
                 version: a.body.version,
@@ -90,7 +93,7 @@ impl Store {
             .unwrap_or_else(|| "export".into());
         remove_stale_temps(&parent, &name)?;
         let tmp = parent.join(format!("{}{}", temp_prefix(&name), std::process::id()));
-        let result = self.write_tree(&m, &tmp).and_then(|mut r| {
+        let result = self.write_tree(&m, &filter, &tmp).and_then(|mut r| {
             r.version = a.body.version;
             sync_fs(&tmp)?;
             swap_into_place(&tmp, dest, dest_exists)?;
@@ -104,10 +107,14 @@ impl Store {
 
     /// Chunks of a stored manifest's files that the store lacks, each
     /// counted once.
-    fn missing_in(&self, m: &Hash) -> Result<usize> {
+    fn missing_in(&self, m: &Hash, filter: &PathFilter) -> Result<usize> {
         let mut missing = HashSet::new();
         for e in self.manifest_entries(m)? {
-            if let EntryKind::File { chunks, .. } = e?.kind {
+            let e = e?;
+            if !filter.wants(&e.path) {
+                continue;
+            }
+            if let EntryKind::File { chunks, .. } = e.kind {
                 for c in chunks {
                     if !self.has_chunk(&c.id)? {
                         missing.insert(c.id);
@@ -118,12 +125,15 @@ impl Store {
         Ok(missing.len())
     }
 
-    fn write_tree(&self, m: &Hash, root: &Path) -> Result<ExportReport> {
+    fn write_tree(&self, m: &Hash, filter: &PathFilter, root: &Path) -> Result<ExportReport> {
         let mut r = ExportReport::default();
         mkdir(root)?;
         let mut made = root.to_path_buf();
         for e in self.manifest_entries(m)? {
             let e = e?;
+            if !filter.wants_entry(&e.path, &e.kind) {
+                continue;
+            }
             // Paths were validated: relative, no `..`, nothing below a file or link.
             let path = root.join(&e.path);
             // Files of one directory mostly come together: one check for them all.

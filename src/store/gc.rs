@@ -3,10 +3,11 @@
 //! [`super::ReadLease`]) references, and give the disk space back (whole
 //! segment files deleted, holes punched in the rest).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::segments::{Loc, SEGMENT_MAGIC};
-use super::{io_ctx, version_key, Result, Store};
+use super::{io_ctx, version_key, InterestState, Result, Store};
+use crate::filter::PathFilter;
 use crate::hash::Hash;
 use crate::keys::CollectionId;
 
@@ -28,16 +29,25 @@ pub struct GcReport {
 impl Store {
     /// Keeps the current version of each collection and the `keep - 1`
     /// before it (plus any newer version still being fetched), and frees
-    /// everything else. `keep` is at least 1.
+    /// everything else. `keep` is at least 1. An unfollowed collection is
+    /// dropped whole; of a partial one only the paths mirrored are kept.
     pub fn gc(&self, keep: usize) -> Result<GcReport> {
         let _exclusive = crate::task::write(&self.gate);
         let keep = keep.max(1);
         let mut report = GcReport::default();
         let disk_before = self.disk_usage()?;
 
-        // 1. Versions.
+        // 1. Versions. An unfollowed collection keeps none; a partial one
+        //    keeps only the chunks of the paths it mirrors (step 2).
         let mut live_manifests: HashSet<Hash> = HashSet::new();
+        let mut filters: HashMap<Hash, PathFilter> = HashMap::new();
         for info in self.collections()? {
+            let interest = self.interest(&info.id)?;
+            if interest.as_ref().map(|i| i.state) == Some(InterestState::Unfollowed) {
+                report.versions_dropped += self.forget_collection(&info.id)?;
+                continue;
+            }
+            let filter = interest.map(|i| i.filter()).unwrap_or_default();
             let current = info.current.as_ref().map(|a| a.body.version);
             let mut older_kept = 0;
             for &v in info.versions.iter().rev() {
@@ -52,6 +62,8 @@ impl Store {
                 if keep_it {
                     if let Some(a) = self.version(&info.id, v)? {
                         live_manifests.insert(a.body.manifest);
+                        let f = filters.entry(a.body.manifest).or_insert(filter.clone());
+                        *f = f.union(&filter);
                     }
                 } else {
                     self.drop_version(&info.id, v)?;
@@ -81,8 +93,13 @@ impl Store {
             live_chunks.extend(self.manifest_record(&id)?.chunks.iter().map(|c| c.id));
             match self.manifest(&id) {
                 Ok(m) => {
-                    for (_, _, _, chunks) in m.files() {
-                        live_chunks.extend(chunks.iter().map(|c| c.id));
+                    // Leased manifests of dropped versions keep everything.
+                    let all = PathFilter::all();
+                    let filter = filters.get(&id).unwrap_or(&all);
+                    for (path, _, _, chunks) in m.files() {
+                        if filter.wants(path) {
+                            live_chunks.extend(chunks.iter().map(|c| c.id));
+                        }
                     }
                 }
                 // An unreadable manifest keeps what it may reference; verify reports it.

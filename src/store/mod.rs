@@ -2,7 +2,9 @@
 //! else in sled.
 //!
 //! Nothing outside this module touches sled or the segment files. sled holds
-//! six trees: `chunks` (id -> [`Loc`]), `segments` (segment -> durable
+//! eight trees: `meta` (small named records of the node, e.g. the peers it
+//! knows), `follows` (collection id -> followed or not, the paths kept,
+//! peers from a ticket; see [`Interest`]), `chunks` (id -> [`Loc`]), `segments` (segment -> durable
 //! length), `manifests` (manifest id -> the chunks of its encoding),
 //! `collections` (collection id -> name, current and newest accepted
 //! version), `versions` (collection id + version -> signed announcement) and
@@ -18,6 +20,7 @@
 
 mod batch;
 mod export;
+mod follows;
 mod gc;
 mod lease;
 mod segments;
@@ -44,6 +47,7 @@ use crate::manifest::{ChunkRef, Manifest, ManifestError};
 
 pub use batch::Batch;
 pub use export::ExportReport;
+pub use follows::{Interest, InterestState};
 pub use gc::GcReport;
 pub use lease::ReadLease;
 pub use segments::Loc;
@@ -180,6 +184,8 @@ pub struct Store {
     collections: sled::Tree,
     versions: sled::Tree,
     switches: sled::Tree,
+    meta: sled::Tree,
+    follows: sled::Tree,
     segs: Segments,
     /// Manifests that readers are still streaming from; gc keeps them.
     leases: lease::Leases,
@@ -212,13 +218,15 @@ impl Store {
         }
         let segs = Segments::open(&root.join("segments"), &durable)
             .map_err(io_ctx("opening segment files"))?;
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
             chunks: db.open_tree("chunks")?,
             manifests: db.open_tree("manifests")?,
             collections: db.open_tree("collections")?,
             versions: db.open_tree("versions")?,
             switches: db.open_tree("switches")?,
+            meta: db.open_tree("meta")?,
+            follows: db.open_tree("follows")?,
             segment_lens,
             segs,
             leases: lease::Leases::default(),
@@ -227,12 +235,27 @@ impl Store {
             records: std::sync::Mutex::new(()),
             disk_reserve: AtomicU64::new(DISK_RESERVE),
             _lock: lock,
-        })
+        };
+        store.record_held_as_followed_once()?;
+        Ok(store)
     }
 
     /// The directory this store lives in.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// A named metadata record (e.g. `peers`), if set: state of the node
+    /// that outlives a restart but is not part of any collection.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Sets a named metadata record and flushes it.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key, value)?;
+        self.meta.flush()?;
+        Ok(())
     }
 
     /// Where a chunk's body lives, if it is indexed.

@@ -126,6 +126,8 @@ impl Store {
             Ok(())
         };
         for info in self.collections()? {
+            // A partial mirror requires only the chunks of the paths it keeps.
+            let filter = self.filter(&info.id)?;
             let current = info.current.as_ref().map(|a| a.body.version);
             for v in &info.versions {
                 let complete = current.is_some_and(|c| *v <= c);
@@ -178,7 +180,8 @@ impl Store {
                     };
                     if let EntryKind::File { chunks, .. } = &e.kind {
                         for c in chunks {
-                            need(&c.id, &|| format!("{label}: {}", e.path), complete)?;
+                            let required = complete && filter.wants(&e.path);
+                            need(&c.id, &|| format!("{label}: {}", e.path), required)?;
                         }
                     }
                 }

@@ -94,13 +94,15 @@ impl Store {
     }
 
     /// Makes an accepted version current, in one atomic step, once its
-    /// manifest and every chunk are present.
+    /// manifest and every chunk are present (every chunk of the paths kept,
+    /// for a partial mirror).
     pub fn set_current(&self, id: &CollectionId, version: u64) -> Result<()> {
         let a = self
             .version(id, version)?
             .ok_or(StoreError::UnknownVersion(*id, version))?;
         let m = self.manifest(&a.body.manifest)?;
-        let missing = self.missing_chunks(&m)?.len();
+        // A partial mirror's version is whole when the paths it keeps are.
+        let missing = self.missing_wanted(&m, &self.filter(id)?)?.len();
         if missing > 0 {
             return Err(StoreError::Incomplete { version, missing });
         }

@@ -1,29 +1,45 @@
 //! The I/O of a chunk download: carries out the [`Scheduler`]'s actions
-//! (requests to peers, hashing on the blocking pool, batched store writes)
-//! and feeds their results back to it as events.
+//! (batched requests to peers, have-map subscriptions and polls, batched
+//! store writes) and feeds their results back to it as events.
 //!
-//! The loop sleeps until the next request, hash or write completes, or
-//! until the deadline the scheduler names (next have-map refresh, write
-//! delay, end of a bench), whichever comes first.
+//! Every request, subscription and write runs as a task of its own and
+//! reports on one channel; the loop takes whatever has arrived, all of it,
+//! before asking the scheduler what to do next, so ten thousand small
+//! chunks a second cost a few hundred polls, not ten thousand. It sleeps
+//! until something arrives or until the deadline the scheduler names.
+//!
+//! When the chunks are a manifest's, each peer is subscribed to for its
+//! have-map over the manifest's chunk order (updates are pushed by the
+//! peer), and this node's own progress is posted on the
+//! [`crate::net::HaveBoard`] for the peers subscribed to it. Peers that have
+//! no map for the manifest are asked about ids instead.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
+use super::order::{OrderRef, Wanted};
 use super::scheduler::{Action, Delivery, Event, Scheduler};
 use super::{Offence, PeerAccounting, Progress, SyncError};
 use crate::hash::Hash;
-use crate::manifest::ChunkRef;
-use crate::net::{self, NetError};
+use crate::net::{self, BoardHandle, HaveUpdate, NetError};
 use crate::store::Store;
 use crate::task::{blocking, TaskFailed};
 
-/// Fetches `missing` (unique chunks not in the store) from connected peers
+/// A peer whose subscription ended is subscribed to again after this long.
+const RESUBSCRIBE: Duration = Duration::from_secs(2);
+/// Chunks at least this large are hashed on the blocking pool.
+const HASH_OFF_THREAD: usize = 64 << 10;
+/// Notes taken in one go before the scheduler is polled again.
+const MAX_NOTES: usize = 8192;
+
+/// Fetches `wanted` (unique chunks not in the store) from connected peers
 /// until all are stored, or `cancelled()` says stop. `cancelled` is checked
 /// whenever something completes and at every deadline of the scheduler (at
 /// least every second). Offences are reported to `accounting`, and the
@@ -31,16 +47,27 @@ use crate::task::{blocking, TaskFailed};
 pub async fn fetch_chunks(
     client: &net::Client,
     store: &Arc<Store>,
-    missing: Vec<ChunkRef>,
+    wanted: impl Into<Wanted>,
     progress: &Progress,
     cancelled: &(dyn Fn() -> bool + Sync),
     accounting: &dyn PeerAccounting,
 ) -> Result<(), SyncError> {
-    if missing.is_empty() {
+    let Wanted { chunks, order } = wanted.into();
+    if chunks.is_empty() {
         return Ok(());
     }
-    let mut sched = Scheduler::new(missing, Instant::now());
-    let mut work: FuturesUnordered<Task> = FuturesUnordered::new();
+    let ids: Vec<Hash> = chunks.iter().map(|c| c.id).collect();
+    let mut sched = Scheduler::new(chunks, order.is_none(), Instant::now());
+    let mut d = Driver {
+        client,
+        store,
+        accounting,
+        progress,
+        links: order.map(|o| Links::new(client, o)),
+        ids,
+        tasks: JoinSet::new(),
+        notes: mpsc::unbounded_channel(),
+    };
     loop {
         if cancelled() {
             return Err(SyncError::Cancelled);
@@ -50,20 +77,12 @@ pub async fn fetch_chunks(
             match action {
                 Action::Done => return Ok(()),
                 Action::ListPeers => {
-                    let peers = client.peers().await;
-                    let peers = peers
-                        .into_iter()
-                        .filter(|p| !accounting.is_banned(&p.peer_id))
-                        .map(|p| (p.peer_id, p.rtt))
-                        .collect();
-                    sched.handle(Event::Peers(peers), Instant::now());
+                    d.list_peers(&mut sched).await;
                     listed = true;
                 }
-                Action::AskHave { peer, indices, ids } => {
-                    work.push(ask_have(client, peer, indices, ids));
-                }
-                Action::Fetch { peer, index, id } => work.push(fetch(client, peer, index, id)),
-                Action::Write(batch) => work.push(write(store, batch)),
+                Action::AskHave { peer, indices, ids } => d.ask_have(peer, indices, ids),
+                Action::Fetch { peer, indices, ids } => d.fetch(peer, indices, ids),
+                Action::Write(batch) => d.write(batch),
                 Action::WrongLength { id, listed, actual } => {
                     return Err(SyncError::WrongLength { id, listed, actual });
                 }
@@ -74,19 +93,217 @@ pub async fn fetch_chunks(
             continue;
         }
         let deadline = tokio::time::Instant::from_std(sched.next_deadline(Instant::now()));
-        let done = if work.is_empty() {
-            tokio::time::sleep_until(deadline).await;
-            None
-        } else {
-            tokio::select! {
-                done = work.next() => done,
-                () = tokio::time::sleep_until(deadline) => None,
-            }
+        let first = tokio::select! {
+            note = d.notes.1.recv() => note,
+            () = tokio::time::sleep_until(deadline) => None,
         };
-        let Some(done) = done else { continue };
+        let Some(first) = first else { continue };
+        d.take(&mut sched, first)?;
+        for _ in 1..MAX_NOTES {
+            match d.notes.1.try_recv() {
+                Ok(note) => d.take(&mut sched, note)?,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// What the tasks report.
+enum Note {
+    Chunk {
+        peer: PeerId,
+        index: u32,
+        result: Delivery,
+        waited: Option<Duration>,
+    },
+    Failed {
+        peer: PeerId,
+        indices: Vec<u32>,
+        error: NetError,
+    },
+    Have {
+        peer: PeerId,
+        indices: Vec<u32>,
+        result: Result<Vec<bool>, NetError>,
+    },
+    Sub {
+        peer: PeerId,
+        update: Result<Option<HaveUpdate>, NetError>,
+    },
+    /// Chunks (indices) and bytes written.
+    Written(Result<(Vec<u32>, u64), SyncError>),
+}
+
+/// The subscriptions of a download of a manifest's chunks.
+struct Links {
+    manifest: Hash,
+    len: u32,
+    /// Index in the chunk order of each chunk of the download.
+    positions: Vec<u32>,
+    /// Chunk of the download at each index of the order (`u32::MAX`: not
+    /// part of it).
+    locals: Vec<u32>,
+    /// Per peer: subscribed (`None`), or when to subscribe again.
+    subs: HashMap<PeerId, Option<Instant>>,
+    /// This node's own map, for its subscribers.
+    board: BoardHandle,
+}
+
+impl Links {
+    fn new(client: &net::Client, o: OrderRef) -> Self {
+        let mut locals = vec![u32::MAX; o.len as usize];
+        for (k, &g) in o.positions.iter().enumerate() {
+            locals[g as usize] = k as u32;
+        }
+        let board = client.have_board().open(o.manifest, o.held);
+        Links {
+            manifest: o.manifest,
+            len: o.len,
+            positions: o.positions,
+            locals,
+            subs: HashMap::new(),
+            board,
+        }
+    }
+
+    /// Chunks of the download among indices of the order.
+    fn local(&self, order: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        order
+            .into_iter()
+            .filter_map(|g| self.locals.get(g as usize).copied())
+            .filter(|&k| k != u32::MAX)
+            .collect()
+    }
+}
+
+struct Driver<'a> {
+    client: &'a net::Client,
+    store: &'a Arc<Store>,
+    accounting: &'a dyn PeerAccounting,
+    progress: &'a Progress,
+    links: Option<Links>,
+    ids: Vec<Hash>,
+    /// Every task of the download: aborted when it ends, however it ends.
+    tasks: JoinSet<()>,
+    notes: (mpsc::UnboundedSender<Note>, mpsc::UnboundedReceiver<Note>),
+}
+
+impl Driver<'_> {
+    /// Lists the peers for the scheduler, and subscribes to those not
+    /// subscribed to yet.
+    async fn list_peers(&mut self, sched: &mut Scheduler) {
+        let peers: Vec<(PeerId, Option<Duration>)> = self
+            .client
+            .peers()
+            .await
+            .into_iter()
+            .filter(|p| !self.accounting.is_banned(&p.peer_id))
+            .map(|p| (p.peer_id, p.rtt))
+            .collect();
         let now = Instant::now();
-        match done {
-            Done::Have {
+        if let Some(links) = &mut self.links {
+            for (peer, _) in &peers {
+                let due = links
+                    .subs
+                    .get(peer)
+                    .is_none_or(|at| at.is_some_and(|t| t <= now));
+                if !due {
+                    continue;
+                }
+                links.subs.insert(*peer, None);
+                let (c, tx, peer, m, len) = (
+                    self.client.clone(),
+                    self.notes.0.clone(),
+                    *peer,
+                    links.manifest,
+                    links.len,
+                );
+                self.tasks
+                    .spawn(subscribe(c, tx, peer, m, len).in_current_span());
+            }
+        }
+        sched.handle(Event::Peers(peers), now);
+    }
+
+    fn ask_have(&mut self, peer: PeerId, indices: Vec<u32>, ids: Vec<Hash>) {
+        let (c, tx) = (self.client.clone(), self.notes.0.clone());
+        self.tasks.spawn(
+            async move {
+                let result = c.fetch_have(peer, ids).await;
+                let _ = tx.send(Note::Have {
+                    peer,
+                    indices,
+                    result,
+                });
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn fetch(&mut self, peer: PeerId, indices: Vec<u32>, ids: Vec<Hash>) {
+        let (c, tx) = (self.client.clone(), self.notes.0.clone());
+        self.tasks
+            .spawn(fetch_batch(c, tx, peer, indices, ids).in_current_span());
+    }
+
+    fn write(&mut self, batch: Vec<(u32, Hash, Vec<u8>)>) {
+        let (s, tx) = (self.store.clone(), self.notes.0.clone());
+        self.tasks.spawn(
+            async move {
+                let indices: Vec<u32> = batch.iter().map(|(i, _, _)| *i).collect();
+                let bytes: u64 = batch.iter().map(|(_, _, d)| d.len() as u64).sum();
+                let chunks: Vec<(Hash, Vec<u8>)> =
+                    batch.into_iter().map(|(_, id, d)| (id, d)).collect();
+                let r = blocking("writing chunks", move || s.put_chunks(&chunks)).await;
+                let r = r.map(|_| (indices, bytes)).map_err(SyncError::from);
+                let _ = tx.send(Note::Written(r));
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Hands one note to the scheduler (and the accounting, and the board).
+    fn take(&mut self, sched: &mut Scheduler, note: Note) -> Result<(), SyncError> {
+        let now = Instant::now();
+        match note {
+            Note::Chunk {
+                peer,
+                index,
+                result,
+                waited,
+            } => {
+                match &result {
+                    Delivery::WrongBytes => {
+                        let id = self.ids.get(index as usize).copied();
+                        tracing::warn!(%peer, chunk = ?id, "peer sent bytes that do not match the chunk id; banning it");
+                        self.accounting.offence(peer, Offence::WrongBytes);
+                    }
+                    Delivery::NotFound => {
+                        // Asked only because its have-map claimed the chunk.
+                        tracing::debug!(%peer, "peer lacks a chunk it claimed");
+                        self.accounting.offence(peer, Offence::FalseHave);
+                    }
+                    Delivery::Verified(_) => self.accounting.delivered(peer),
+                }
+                let event = Event::Chunk {
+                    peer,
+                    index,
+                    result,
+                    waited,
+                };
+                let added = sched.handle(event, now);
+                self.progress.bytes_down.fetch_add(added, Ordering::Relaxed);
+            }
+            Note::Failed {
+                peer,
+                indices,
+                error,
+            } => {
+                tracing::debug!(%peer, %error, chunks = indices.len(), "chunk request failed");
+                report_error(self.accounting, peer, &error);
+                sched.handle(Event::Failed { peer, indices }, now);
+            }
+            Note::Have {
                 peer,
                 indices,
                 result: Ok(have),
@@ -100,58 +317,82 @@ pub async fn fetch_chunks(
                     now,
                 );
             }
-            Done::Have {
+            Note::Have {
                 peer,
                 result: Err(e),
                 ..
             } => {
-                tracing::debug!(%peer, error = %e, "have-map request failed");
-                report_error(accounting, peer, &e);
+                tracing::debug!(%peer, error = %e, "have request failed");
+                report_error(self.accounting, peer, &e);
                 sched.handle(Event::HaveFailed(peer), now);
             }
-            Done::Chunk {
-                peer,
-                index,
-                id,
-                started,
-                result,
-            } => {
-                let result = match result {
-                    Ok((data, true)) => Delivery::Verified {
-                        data,
-                        took: now.saturating_duration_since(started),
+            Note::Sub { peer, update } => self.on_sub(sched, peer, update, now),
+            Note::Written(r) => {
+                let (indices, bytes) = r?;
+                sched.handle(
+                    Event::Written {
+                        count: indices.len(),
                     },
-                    Ok((_, false)) => {
-                        tracing::warn!(%peer, chunk = %id, "peer sent bytes that do not match the chunk id; banning it");
-                        accounting.offence(peer, Offence::WrongBytes);
-                        Delivery::WrongBytes
-                    }
-                    Err(NetError::NotFound) => {
-                        // Asked only because its have-map claimed the chunk.
-                        tracing::debug!(%peer, chunk = %id, "peer lacks a chunk it claimed");
-                        accounting.offence(peer, Offence::FalseHave);
-                        Delivery::NotFound
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "chunk request failed");
-                        report_error(accounting, peer, &e);
-                        Delivery::Failed
-                    }
-                };
-                let event = Event::Chunk {
-                    peer,
-                    index,
-                    result,
-                };
-                let added = sched.handle(event, now);
-                progress.bytes_down.fetch_add(added, Ordering::Relaxed);
-            }
-            Done::Written(r) => {
-                let (count, bytes) = r?;
-                sched.handle(Event::Written { count }, now);
-                progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    now,
+                );
+                self.progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.progress
+                    .done_chunks
+                    .fetch_add(indices.len() as u64, Ordering::Relaxed);
+                if let Some(l) = &self.links {
+                    l.board
+                        .add(indices.iter().map(|&k| l.positions[k as usize]));
+                }
             }
         }
+        Ok(())
+    }
+
+    fn on_sub(
+        &mut self,
+        sched: &mut Scheduler,
+        peer: PeerId,
+        update: Result<Option<HaveUpdate>, NetError>,
+        now: Instant,
+    ) {
+        let Some(l) = &mut self.links else { return };
+        let event = match update {
+            Ok(Some(HaveUpdate::All)) => Event::HaveAll(peer),
+            Ok(Some(HaveUpdate::Map(bits))) => {
+                sched.handle(Event::HaveReset(peer), now);
+                Event::HaveAdd {
+                    peer,
+                    indices: l.local(bits.iter_ones()),
+                }
+            }
+            Ok(Some(HaveUpdate::Added(list))) => Event::HaveAdd {
+                peer,
+                indices: l.local(list),
+            },
+            Ok(None) => {
+                // Its download stopped (or it completed): what it holds
+                // stays known; ask again in a while.
+                l.subs.insert(peer, Some(now + RESUBSCRIBE));
+                return;
+            }
+            Err(NetError::NotFound) => {
+                // No map for this manifest: ask it about ids instead.
+                l.subs.insert(peer, Some(now + Duration::from_secs(3600)));
+                Event::Poll(peer)
+            }
+            Err(NetError::Unsupported(_)) => {
+                // An older node: nothing this download can ask it.
+                l.subs.insert(peer, Some(now + Duration::from_secs(3600)));
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "have-map subscription failed");
+                report_error(self.accounting, peer, &e);
+                l.subs.insert(peer, Some(now + RESUBSCRIBE));
+                return;
+            }
+        };
+        sched.handle(event, now);
     }
 }
 
@@ -165,72 +406,99 @@ fn report_error(accounting: &dyn PeerAccounting, peer: PeerId, e: &NetError) {
     }
 }
 
-/// A request, hash or write in progress.
-type Task = Pin<Box<dyn Future<Output = Done> + Send>>;
-
-/// A completed [`Task`].
-enum Done {
-    Have {
-        peer: PeerId,
-        indices: Vec<usize>,
-        result: Result<Vec<bool>, NetError>,
-    },
-    Chunk {
-        peer: PeerId,
-        index: usize,
-        id: Hash,
-        started: Instant,
-        /// The bytes and whether they hash to `id`.
-        result: Result<(Vec<u8>, bool), NetError>,
-    },
-    /// Chunks and bytes written.
-    Written(Result<(usize, u64), SyncError>),
-}
-
-/// Asks `peer` which of `ids` it holds.
-fn ask_have(client: &net::Client, peer: PeerId, indices: Vec<usize>, ids: Vec<Hash>) -> Task {
-    let c = client.clone();
-    Box::pin(async move {
-        let result = c.fetch_have(peer, ids).await;
-        Done::Have {
-            peer,
-            indices,
-            result,
+/// Follows `peer`'s have-map over the order until it ends.
+async fn subscribe(
+    client: net::Client,
+    tx: mpsc::UnboundedSender<Note>,
+    peer: PeerId,
+    manifest: Hash,
+    len: u32,
+) {
+    let mut sub = match client.subscribe_have(peer, manifest, len).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Note::Sub {
+                peer,
+                update: Err(e),
+            });
+            return;
         }
-    })
+    };
+    loop {
+        let update = sub.next().await;
+        let end = !matches!(update, Ok(Some(_)));
+        if tx.send(Note::Sub { peer, update }).is_err() || end {
+            return;
+        }
+    }
 }
 
-/// Fetches a chunk and hashes it off the async threads.
-fn fetch(client: &net::Client, peer: PeerId, index: usize, id: Hash) -> Task {
-    let c = client.clone();
-    Box::pin(async move {
-        let started = Instant::now();
-        let result = match c.fetch_chunk(peer, id).await {
-            Ok(data) => blocking("verifying a chunk", move || {
-                let ok = Hash::of(&data) == id;
-                Ok::<_, TaskFailed>((data, ok))
-            })
-            .await
-            .map_err(|e| NetError::Stream(e.to_string())),
-            Err(e) => Err(e),
+/// One batched request: every answer is verified and reported as it
+/// arrives; a failure reports the chunks left unanswered.
+async fn fetch_batch(
+    client: net::Client,
+    tx: mpsc::UnboundedSender<Note>,
+    peer: PeerId,
+    indices: Vec<u32>,
+    ids: Vec<Hash>,
+) {
+    let sent = Instant::now();
+    let mut stream = match client.fetch_chunks(peer, ids.clone()).await {
+        Ok(s) => s,
+        Err(error) => {
+            let _ = tx.send(Note::Failed {
+                peer,
+                indices,
+                error,
+            });
+            return;
+        }
+    };
+    let mut waited = Some(sent.elapsed());
+    for (k, (&index, id)) in indices.iter().zip(ids).enumerate() {
+        let result = match stream.next().await {
+            Some(Ok(Some(body))) => match verify(Vec::from(body), id).await {
+                Ok(result) => result,
+                Err(e) => Err(NetError::Stream(e.to_string())),
+            },
+            Some(Ok(None)) => Ok(Delivery::NotFound),
+            Some(Err(e)) => Err(e),
+            None => Err(NetError::Protocol("answer ended early".into())),
         };
-        Done::Chunk {
-            peer,
-            index,
-            id,
-            started,
-            result,
+        let note = match result {
+            Ok(result) => Note::Chunk {
+                peer,
+                index,
+                result,
+                waited: waited.take(),
+            },
+            Err(error) => {
+                let _ = tx.send(Note::Failed {
+                    peer,
+                    indices: indices[k..].to_vec(),
+                    error,
+                });
+                return;
+            }
+        };
+        if tx.send(note).is_err() {
+            return;
         }
-    })
+    }
 }
 
-/// Writes and indexes a batch of verified chunks on the blocking pool.
-fn write(store: &Arc<Store>, batch: Vec<(Hash, Vec<u8>)>) -> Task {
-    let s = store.clone();
-    Box::pin(async move {
-        let count = batch.len();
-        let bytes: u64 = batch.iter().map(|(_, d)| d.len() as u64).sum();
-        let r = blocking("writing chunks", move || s.put_chunks(&batch)).await;
-        Done::Written(r.map(|_| (count, bytes)).map_err(SyncError::from))
-    })
+/// Hashes `data` (off the async threads when large) against `id`.
+async fn verify(data: Vec<u8>, id: Hash) -> Result<Result<Delivery, NetError>, TaskFailed> {
+    let small = data.len() < HASH_OFF_THREAD;
+    let check = move || {
+        Ok::<_, TaskFailed>(Ok(if Hash::of(&data) == id {
+            Delivery::Verified(data)
+        } else {
+            Delivery::WrongBytes
+        }))
+    };
+    if small {
+        return check();
+    }
+    blocking("verifying a chunk", check).await
 }

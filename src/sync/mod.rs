@@ -1,24 +1,35 @@
 //! Fetching a version from peers: the manifest first, then every chunk the
-//! store lacks, from whichever peers hold it, many requests in flight.
+//! store lacks, from whichever peers hold it, many chunks per request.
 //!
-//! Peers are chosen per chunk: rarest chunk first across the swarm (from
-//! have-maps refreshed every 250 ms while a download runs), and for each
-//! chunk the holder expected to answer soonest (requests queued there times
-//! its recent response time, then RTT). The last requests are duplicated on
-//! a second holder (endgame). Every chunk is hashed before it is stored; a
-//! peer that sends bytes that do not hash to what was asked is banned for
-//! the rest of the download.
+//! Peers tell what they hold as bitmaps over the manifest's chunk order and
+//! push the chunks they add while they download, so a mirror that is itself
+//! downloading is used as soon as it holds something, and no one is asked
+//! about every id. Each chunk goes to the holder expected to deliver it
+//! soonest (measured latency and throughput, bytes queued there), rarest
+//! first, with as many bytes in flight per peer as its bandwidth-delay
+//! product calls for; a peer holding everything (the source) is the holder
+//! of last resort. The last requests are duplicated on a second holder
+//! (endgame). Every chunk is hashed before it is stored; a peer that sends
+//! bytes that do not hash to what was asked is banned for the rest of the
+//! download.
 //!
 //! # Layout
 //!
 //! - `scheduler`: the decisions, as a state machine without I/O or clock:
-//!   events in, actions out (which chunk from which peer, when to refresh
-//!   have-maps, when to write, when done).
+//!   events in, actions out (which chunks from which peer, when to refresh
+//!   the peer list, when to write, when done); its work per event does not
+//!   grow with the number of chunks.
 //! - `peers`: what the scheduler knows of each peer (have-map, requests in
-//!   flight, response time, RTT, failures, bench and ban).
+//!   flight, latency, throughput, window, failures, bench).
+//! - `order`: a manifest's chunk order, and [`Wanted`], what a download
+//!   fetches.
 //! - `driver`: [`fetch_chunks`], the I/O: runs the scheduler's actions on
 //!   the network, the blocking pool and the store, and reports back.
 //! - `manifest`: [`fetch_manifest`], the chunk list first, then the chunks.
+//!
+//! A partial mirror fetches the chunks of some files only: the caller
+//! chooses them with [`needed_files`] (the files a path filter keeps)
+//! before the download starts.
 //!
 //! What a peer does wrong is reported to a [`PeerAccounting`] the caller
 //! owns (the node keeps one for its whole life and bans repeat offenders),
@@ -26,6 +37,7 @@
 
 mod driver;
 mod manifest;
+mod order;
 mod peers;
 mod scheduler;
 
@@ -36,10 +48,11 @@ use libp2p::PeerId;
 use crate::hash::Hash;
 use crate::store::StoreError;
 
+pub use crate::filter::{needed_bytes, needed_files};
 pub use driver::fetch_chunks;
 pub use manifest::fetch_manifest;
-pub use peers::MAX_PER_PEER;
-pub use scheduler::MAX_TOTAL;
+pub use order::{chunk_order, have_map, Wanted};
+pub use peers::{MAX_WINDOW, MIN_WINDOW};
 
 /// Why a download stopped.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +106,8 @@ pub trait PeerAccounting: Send + Sync {
     fn offence(&self, peer: PeerId, offence: Offence);
     /// Whether `peer` is banned (then it is asked nothing).
     fn is_banned(&self, peer: &PeerId) -> bool;
+    /// `peer` delivered a chunk that hashed right (for per-peer counts).
+    fn delivered(&self, _peer: PeerId) {}
 }
 
 /// Accounting that keeps nothing, for downloads run outside a node.
@@ -115,4 +130,8 @@ pub struct Progress {
     pub total_bytes: AtomicU64,
     /// Bytes received from peers (verified), all downloads together.
     pub bytes_down: AtomicU64,
+    /// Chunks the current (or last) download fetched and stored.
+    pub done_chunks: AtomicU64,
+    /// Chunks the current (or last) download had to fetch.
+    pub total_chunks: AtomicU64,
 }

@@ -1,397 +1,364 @@
-//! What a download knows about each peer: which chunks it holds (its
-//! have-map), how many requests are queued there, how fast it answers, and
-//! whether it misbehaved. The [`super::scheduler`] asks it who holds what
-//! and who should get the next request; time comes in from the caller, so
-//! benches can be tested without waiting.
+//! What a download knows about one peer: which chunks it holds, the
+//! requests queued there, how fast it delivers, and whether it misbehaved.
+//! The [`super::scheduler`] keeps one [`Peer`] per connected peer; time
+//! comes in from the caller, so every rule is tested without waiting.
+//!
+//! Speed is measured, not assumed: `latency` is the time to the first
+//! answer of a request (biased to its minimum, so queueing at the peer does
+//! not inflate it), `rate` a moving average of the bytes delivered per
+//! second while requests were outstanding. From them come the bytes a peer
+//! may have in flight (its *window*: twice the bandwidth-delay product,
+//! within [`MIN_WINDOW`]..=[`MAX_WINDOW`]) and the *expected delivery
+//! time* of one more chunk there, which decides who gets each chunk.
 //!
 //! A peer earns requests only by answering them: a NotFound for a chunk it
-//! claimed and a failed request count against it (a fresh have-map does not
-//! clear them), and both slow its response-time estimate down, so a peer
-//! that claims everything and delivers nothing does not look fast. A request
-//! still unanswered past a deadline derived from the peer's own speed is
-//! given up ("late") and the chunk asked elsewhere; the late answer is still
-//! taken if it comes.
+//! claimed and a failed request count against it. A peer whose requests
+//! make no progress for longer than its deadline has them given up
+//! ("late"): their chunks are asked elsewhere, while the late requests keep
+//! occupying its window, so a peer that accepts requests and never answers
+//! soon gets none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::scheduler::Slot;
-
-/// Requests in flight to one peer.
-pub const MAX_PER_PEER: usize = 16;
-
+/// Bytes a peer may always have in flight, whatever its measured speed:
+/// enough for a few batches of small chunks (the server reads a batch from
+/// disk before the first byte leaves) and for two of the largest chunks.
+pub const MIN_WINDOW: u64 = 4 << 20;
+/// Bytes in flight to one peer at most.
+pub const MAX_WINDOW: u64 = 64 << 20;
 /// A peer is benched for this long after repeated failures.
-const BENCH: Duration = Duration::from_secs(5);
-/// A request is given up and re-issued elsewhere after this long at least...
+pub(super) const BENCH: Duration = Duration::from_secs(5);
+/// Requests without progress are given up after this long at least...
 pub(super) const MIN_DEADLINE: Duration = Duration::from_secs(2);
-/// ... or after this many times the peer's average response time, if longer.
+/// ... or after this many times the time the peer should need, if longer.
 const DEADLINE_FACTOR: f64 = 4.0;
-/// The response-time estimate never grows beyond this (seconds): one
-/// chunk request's own timeout.
+/// The estimates never make one chunk look slower than this (seconds):
+/// one request's own timeout.
 const MAX_SECS: f64 = 60.0;
-/// A failed request counts as at least this long (seconds) in the estimate.
-const FAIL_SECS: f64 = 0.1;
 /// Failures in a row before a peer is benched.
-const MAX_FAILURES: u32 = 3;
-/// How much longer a peer that holds everything still needed may look
-/// before another holder is preferred: such a peer is the source (or a
+pub(super) const MAX_FAILURES: u32 = 3;
+/// How much longer a peer that holds everything may look before a peer
+/// that holds only part is preferred: such a peer is the source (or a
 /// finished mirror), and the source should be the holder of last resort so
-/// that it uploads about one copy however many mirrors there are.
-const SEEDER_FACTOR: f64 = 3.0;
+/// that it uploads each chunk about once however many mirrors there are.
+pub(super) const SEEDER_FACTOR: f64 = 3.0;
+/// Latency assumed before any is measured (seconds).
+const DEFAULT_LATENCY: f64 = 0.05;
+/// Delivery rate assumed before any is measured (bytes per second).
+const DEFAULT_RATE: f64 = (4 << 20) as f64;
+/// A rate sample spans at least this long.
+const SAMPLE: Duration = Duration::from_millis(100);
+/// Rarity classes of the per-peer candidate stacks: chunks held by one
+/// peer, two, three or four, five or more.
+pub(super) const CLASSES: usize = 4;
 
-struct Peer {
-    have: Vec<bool>,
-    /// Requests in flight, with when each was sent.
-    inflight: HashMap<usize, Instant>,
-    /// Requests given up after their deadline but not answered yet: they
-    /// still occupy the peer (its per-peer limit) but not the download.
-    late: HashSet<usize>,
-    /// Moving average of seconds per answered request.
-    secs: f64,
-    rtt: Option<Duration>,
-    failures: u32,
-    benched_until: Option<Instant>,
-    have_pending: bool,
-    seen: bool,
-    /// Held every chunk still needed at the last have-map.
-    complete: bool,
+/// The rarity class of a chunk with `holders` peers holding it (seeders
+/// aside).
+pub(super) fn class(holders: u16) -> usize {
+    match holders {
+        0 | 1 => 0,
+        2 => 1,
+        3 | 4 => 2,
+        _ => 3,
+    }
 }
 
-/// The peers of one download.
-pub(super) struct Peers {
-    n: usize,
-    /// A random rank per chunk, breaking rarity ties differently on every
-    /// node, so mirrors starting together fetch different chunks from the
-    /// same source and then trade them.
-    tiebreak: Vec<u32>,
-    peers: HashMap<PeerId, Peer>,
-    banned: HashSet<PeerId>,
-}
+/// One bit per chunk of the download.
+pub(super) struct Bits(Vec<u64>);
 
-impl Peers {
+impl Bits {
     pub fn new(n: usize) -> Self {
-        use rand::seq::SliceRandom;
-        let mut tiebreak: Vec<u32> = (0..n as u32).collect();
-        tiebreak.shuffle(&mut rand::rng());
-        Peers {
-            n,
-            tiebreak,
-            peers: HashMap::new(),
-            banned: HashSet::new(),
-        }
+        Bits(vec![0; n.div_ceil(64)])
     }
-
-    /// Marks a peer as currently connected (adding it if new).
-    pub fn connected(&mut self, id: PeerId, rtt: Option<Duration>) {
-        if self.banned.contains(&id) {
-            return;
-        }
-        let n = self.n;
-        let p = self.peers.entry(id).or_insert_with(|| Peer {
-            have: vec![false; n],
-            inflight: HashMap::new(),
-            late: HashSet::new(),
-            secs: rtt.map_or(0.05, |r| r.as_secs_f64().max(0.001)),
-            rtt,
-            failures: 0,
-            benched_until: None,
-            have_pending: false,
-            seen: false,
-            complete: false,
-        });
-        p.rtt = rtt.or(p.rtt);
-        p.seen = true;
+    pub fn get(&self, i: u32) -> bool {
+        self.0[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
-
-    /// Drops peers not reported since the last call (disconnected).
-    pub fn retain_connected(&mut self) {
-        self.peers.retain(|_, p| {
-            std::mem::take(&mut p.seen) || !p.inflight.is_empty() || !p.late.is_empty()
-        });
+    /// Sets bit `i`; whether it was clear.
+    pub fn set(&mut self, i: u32) -> bool {
+        let w = &mut self.0[(i / 64) as usize];
+        let was = *w & (1 << (i % 64)) != 0;
+        *w |= 1 << (i % 64);
+        !was
     }
-
-    pub fn ids(&self) -> Vec<PeerId> {
-        self.peers.keys().copied().collect()
+    /// Clears bit `i`; whether it was set.
+    pub fn clear(&mut self, i: u32) -> bool {
+        let w = &mut self.0[(i / 64) as usize];
+        let was = *w & (1 << (i % 64)) != 0;
+        *w &= !(1 << (i % 64));
+        was
     }
-
-    pub fn have_pending(&self, id: &PeerId) -> bool {
-        self.peers.get(id).is_some_and(|p| p.have_pending)
-    }
-
-    pub fn set_have_pending(&mut self, id: &PeerId, v: bool) {
-        if let Some(p) = self.peers.get_mut(id) {
-            p.have_pending = v;
-        }
-    }
-
-    /// Records a have-map answer. It does not clear the peer's failures:
-    /// claiming chunks is cheap, delivering them is what counts.
-    pub fn update_have(&mut self, id: &PeerId, idx: &[usize], bits: &[bool]) {
-        if let Some(p) = self.peers.get_mut(id) {
-            for (&i, &b) in idx.iter().zip(bits) {
-                p.have[i] = b;
-            }
-            p.complete = !bits.is_empty() && bits.iter().all(|b| *b);
-        }
-    }
-
-    /// Needed chunks ordered by how few peers hold them (rarest first);
-    /// chunks nobody holds are left out.
-    pub fn rarest_first(&self, state: &[Slot]) -> Vec<usize> {
-        let mut counts: Vec<(u32, u32, usize)> = (0..self.n)
-            .filter(|&i| state[i] == Slot::Needed)
-            .map(|i| {
-                let holders = self.peers.values().filter(|p| p.have[i]).count() as u32;
-                (holders, self.tiebreak[i], i)
-            })
-            .filter(|(c, _, _)| *c > 0)
-            .collect();
-        counts.sort_unstable();
-        counts.into_iter().map(|(_, _, i)| i).collect()
-    }
-
-    /// The holder of chunk `i` expected to deliver it soonest at `now`,
-    /// skipping `exclude`, full, benched and banned peers.
-    pub fn best_holder(&self, i: usize, exclude: &[PeerId], now: Instant) -> Option<PeerId> {
-        self.peers
-            .iter()
-            .filter(|(id, p)| {
-                p.have[i]
-                    && p.inflight.len() + p.late.len() < MAX_PER_PEER
-                    && p.benched_until.is_none_or(|t| t <= now)
-                    && !p.late.contains(&i)
-                    && !exclude.contains(id)
-            })
-            .min_by(|(_, a), (_, b)| cost(a).total_cmp(&cost(b)).then(a.rtt.cmp(&b.rtt)))
-            .map(|(id, _)| *id)
-    }
-
-    /// Peers with a request for chunk `i` in flight.
-    pub fn fetching(&self, i: usize) -> Vec<PeerId> {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.inflight.contains_key(&i))
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    /// Requests the download waits for (late ones excluded: they no longer
-    /// hold a slot of the download, only of their peer).
-    pub fn total_inflight(&self) -> usize {
-        self.peers.values().map(|p| p.inflight.len()).sum()
-    }
-
-    pub fn started(&mut self, id: &PeerId, i: usize, now: Instant) {
-        if let Some(p) = self.peers.get_mut(id) {
-            p.inflight.insert(i, now);
-        }
-    }
-
-    /// A request for chunk `i` to `id` ended (any outcome). Returns how
-    /// long it took, and whether it had been given up as late (the
-    /// scheduler already moved the chunk on); `None` if no such request
-    /// was known.
-    pub fn finished(&mut self, id: &PeerId, i: usize, now: Instant) -> Option<(Duration, bool)> {
-        let p = self.peers.get_mut(id)?;
-        if let Some(t) = p.inflight.remove(&i) {
-            return Some((now.saturating_duration_since(t), false));
-        }
-        p.late.remove(&i).then_some((Duration::ZERO, true))
-    }
-
-    pub fn succeeded(&mut self, id: &PeerId, took: Duration) {
-        if let Some(p) = self.peers.get_mut(id) {
-            p.secs = 0.8 * p.secs + 0.2 * took.as_secs_f64().max(0.0001);
-            p.failures = 0;
-        }
-    }
-
-    /// The peer does not hold chunk `i` after all, though it claimed it: a
-    /// failure like any other, so a peer that claims everything and sends
-    /// nothing is benched rather than asked again and again.
-    pub fn lacks(&mut self, id: &PeerId, i: usize, took: Duration, now: Instant) {
-        if let Some(p) = self.peers.get_mut(id) {
-            p.have[i] = false;
-        }
-        self.failed(id, took, now);
-    }
-
-    /// Requests past their deadline at `now`, as (peer, chunk): each is
-    /// moved to the peer's late set and slows its estimate down to at
-    /// least the time already waited. Not a failure: a slow peer is not a
-    /// faulty one.
-    pub fn take_overdue(&mut self, now: Instant) -> Vec<(PeerId, usize)> {
+    /// The set bits, ascending.
+    pub fn ones(&self) -> Vec<u32> {
         let mut out = Vec::new();
-        for (id, p) in &mut self.peers {
-            let limit = deadline(p);
-            let over: Vec<(usize, Duration)> = p
-                .inflight
-                .iter()
-                .map(|(&i, &t)| (i, now.saturating_duration_since(t)))
-                .filter(|(_, waited)| *waited >= limit)
-                .collect();
-            for (i, waited) in over {
-                p.inflight.remove(&i);
-                p.late.insert(i);
-                p.secs = p.secs.max(waited.as_secs_f64()).min(MAX_SECS);
-                out.push((*id, i));
+        for (k, &w) in self.0.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                let b = w.trailing_zeros();
+                out.push(k as u32 * 64 + b);
+                w &= w - 1;
             }
         }
         out
     }
+}
 
-    /// When the next request in flight passes its deadline.
-    pub fn next_overdue(&self) -> Option<Instant> {
-        self.peers
-            .values()
-            .flat_map(|p| {
-                let limit = deadline(p);
-                p.inflight.values().map(move |&t| t + limit)
-            })
-            .min()
+/// One peer of a download.
+pub(super) struct Peer {
+    /// The chunks it holds; `None` for a seeder (it holds every chunk).
+    pub have: Option<Bits>,
+    /// Candidate chunks per rarity class, most recently learned on top.
+    /// Entries go stale (chunk taken, class changed) and are skipped when
+    /// popped, so keeping them right costs nothing per event.
+    pub stacks: [Vec<u32>; CLASSES],
+    /// Requests in flight: chunk -> its length and when it was asked.
+    pub inflight: HashMap<u32, (u32, Instant)>,
+    pub inflight_bytes: u64,
+    /// Requests given up as late but not answered: they occupy the peer's
+    /// window, not the download.
+    pub late: HashMap<u32, u32>,
+    pub late_bytes: u64,
+    /// Seconds to a first answer (biased to the minimum seen).
+    latency: f64,
+    /// Bytes per second while busy (moving average); 0 until measured.
+    rate: f64,
+    /// A rate sample being taken: since when, bytes so far.
+    sample: Option<(Instant, u64)>,
+    /// Last answer, or the start of the current busy period.
+    pub last_progress: Instant,
+    /// Largest chunk in flight recently (for the deadline).
+    biggest: u32,
+    failures: u32,
+    benched_until: Option<Instant>,
+    /// Listed in the last peer list.
+    pub seen: bool,
+    /// Asked about ids (no have-map subscription), and whether an answer
+    /// is awaited.
+    pub polled: bool,
+    pub poll_pending: bool,
+}
+
+impl Peer {
+    pub fn new(n: usize, rtt: Option<Duration>, polled: bool, now: Instant) -> Self {
+        Peer {
+            have: Some(Bits::new(n)),
+            stacks: Default::default(),
+            inflight: HashMap::new(),
+            inflight_bytes: 0,
+            late: HashMap::new(),
+            late_bytes: 0,
+            latency: rtt.map_or(DEFAULT_LATENCY, |r| r.as_secs_f64().max(0.0001)),
+            rate: 0.0,
+            sample: None,
+            last_progress: now,
+            biggest: 0,
+            failures: 0,
+            benched_until: None,
+            seen: true,
+            polled,
+            poll_pending: false,
+        }
     }
 
-    /// A request failed at `now` after `took` (stream reset, timeout,
-    /// NotFound): the estimate slows down (at least doubles), and the peer
-    /// is benched after repeated failures.
-    pub fn failed(&mut self, id: &PeerId, took: Duration, now: Instant) {
-        if let Some(p) = self.peers.get_mut(id) {
-            p.secs = (p.secs * 2.0)
-                .max(took.as_secs_f64())
-                .clamp(FAIL_SECS, MAX_SECS);
-            p.failures += 1;
-            if p.failures >= MAX_FAILURES {
-                p.benched_until = Some(now + BENCH);
-                p.failures = 0;
+    pub fn is_seeder(&self) -> bool {
+        self.have.is_none()
+    }
+
+    pub fn holds(&self, i: u32) -> bool {
+        self.have.as_ref().is_none_or(|h| h.get(i))
+    }
+
+    /// A ping RTT: a latency sample.
+    pub fn ping(&mut self, rtt: Option<Duration>) {
+        if let Some(r) = rtt {
+            self.latency_sample(r);
+        }
+    }
+
+    fn latency_sample(&mut self, d: Duration) {
+        let s = d.as_secs_f64().clamp(0.0001, MAX_SECS);
+        self.latency = if s < self.latency {
+            s
+        } else {
+            0.95 * self.latency + 0.05 * s
+        };
+    }
+
+    /// Measured bytes per second, or the default guess.
+    fn rate(&self) -> f64 {
+        if self.rate > 0.0 {
+            self.rate
+        } else {
+            DEFAULT_RATE
+        }
+    }
+
+    /// Bytes this peer may have in flight: twice its bandwidth-delay
+    /// product (one for the pipe, one for the batch being prepared).
+    pub fn window(&self) -> u64 {
+        let bdp = self.rate * self.latency;
+        ((2.0 * bdp) as u64).clamp(MIN_WINDOW, MAX_WINDOW)
+    }
+
+    fn queued(&self) -> u64 {
+        self.inflight_bytes + self.late_bytes
+    }
+
+    pub fn benched(&self, now: Instant) -> bool {
+        self.benched_until.is_some_and(|t| t > now)
+    }
+
+    /// Whether one more request fits (at least two always do).
+    pub fn has_space(&self, now: Instant) -> bool {
+        !self.benched(now)
+            && (self.queued() < self.window() || self.inflight.len() + self.late.len() < 2)
+    }
+
+    /// Whether to give this peer more work now: a quarter of its window is
+    /// free, so requests go out in batches rather than one per answer.
+    pub fn wants_more(&self, now: Instant) -> bool {
+        let w = self.window();
+        self.has_space(now) && (self.queued() == 0 || self.queued() + w / 4 <= w)
+    }
+
+    /// How long the request for chunk `i` has waited here, if there is one,
+    /// and how long it should take on its own: the endgame duplicates it
+    /// once it has waited twice that.
+    pub fn waiting(&self, i: u32, now: Instant) -> Option<(Duration, Duration)> {
+        let (len, sent) = self.inflight.get(&i)?;
+        let alone = self.latency + f64::from(*len) / self.rate();
+        Some((
+            now.saturating_duration_since(*sent),
+            Duration::from_secs_f64((2.0 * alone).min(MAX_SECS)),
+        ))
+    }
+
+    /// Seconds until one more chunk of `len` bytes would arrive from here.
+    pub fn expected(&self, len: u32) -> f64 {
+        let t = self.latency + (self.queued() + u64::from(len)) as f64 / self.rate();
+        if self.is_seeder() {
+            t * SEEDER_FACTOR
+        } else {
+            t
+        }
+    }
+
+    /// A request for chunk `i` of `len` bytes is sent at `now`.
+    pub fn start(&mut self, i: u32, len: u32, now: Instant) {
+        if self.inflight.is_empty() && self.late.is_empty() {
+            self.last_progress = now;
+            self.sample = None;
+        }
+        if self.inflight.insert(i, (len, now)).is_none() {
+            self.inflight_bytes += u64::from(len);
+        }
+        self.biggest = self.biggest.max(len);
+    }
+
+    /// The request for chunk `i` ended (any outcome): `Some(false)` if it
+    /// was in flight, `Some(true)` if it had been given up as late, `None`
+    /// if no such request was known.
+    pub fn finish(&mut self, i: u32) -> Option<bool> {
+        if let Some((len, _)) = self.inflight.remove(&i) {
+            self.inflight_bytes -= u64::from(len);
+            return Some(false);
+        }
+        let len = self.late.remove(&i)?;
+        self.late_bytes -= u64::from(len);
+        Some(true)
+    }
+
+    /// `len` verified bytes arrived at `now`; `waited` is the time from the
+    /// request to this first answer of it, if it is one.
+    pub fn delivered(&mut self, len: usize, now: Instant, waited: Option<Duration>) {
+        self.failures = 0;
+        self.last_progress = now;
+        if let Some(w) = waited {
+            self.latency_sample(w);
+        }
+        match &mut self.sample {
+            None => self.sample = Some((now, 0)),
+            Some((since, bytes)) => {
+                *bytes += len as u64;
+                let dt = now.saturating_duration_since(*since);
+                if dt >= SAMPLE {
+                    let r = *bytes as f64 / dt.as_secs_f64();
+                    self.rate = if self.rate > 0.0 {
+                        0.7 * self.rate + 0.3 * r
+                    } else {
+                        r
+                    };
+                    self.sample = Some((now, 0));
+                }
             }
         }
-    }
-
-    /// The peer sent wrong bytes: never ask it again in this download.
-    pub fn ban(&mut self, id: &PeerId, now: Instant) {
-        self.banned.insert(*id);
-        if let Some(p) = self.peers.get_mut(id) {
-            p.have.iter_mut().for_each(|h| *h = false);
-            p.benched_until = Some(now + Duration::from_secs(3600 * 24));
+        if self.inflight.is_empty() && self.late.is_empty() {
+            self.sample = None;
         }
     }
 
-    /// When the earliest bench still running at `now` ends, so the caller
-    /// can wake up then rather than poll.
-    pub fn next_return(&self, now: Instant) -> Option<Instant> {
-        self.peers
-            .iter()
-            .filter(|(id, _)| !self.banned.contains(id))
-            .filter_map(|(_, p)| p.benched_until)
-            .filter(|&t| t > now)
-            .min()
+    /// A request failed at `now`: after [`MAX_FAILURES`] in a row the peer
+    /// is benched for [`BENCH`].
+    pub fn failed(&mut self, now: Instant) {
+        self.failures += 1;
+        self.rate *= 0.5;
+        if self.failures >= MAX_FAILURES {
+            self.benched_until = Some(now + BENCH);
+            self.failures = 0;
+        }
+    }
+
+    /// How long requests here may go without progress.
+    pub fn deadline(&self) -> Duration {
+        let need = self.latency + f64::from(self.biggest.max(1)) / self.rate();
+        MIN_DEADLINE.max(Duration::from_secs_f64(
+            (need * DEADLINE_FACTOR).min(MAX_SECS),
+        ))
+    }
+
+    /// When requests in flight here become late, if any are.
+    pub fn overdue_at(&self) -> Option<Instant> {
+        (!self.inflight.is_empty()).then(|| self.last_progress + self.deadline())
+    }
+
+    /// Moves every request in flight to the late set (their chunks are to
+    /// be asked elsewhere) and returns their chunks. Not a failure: a slow
+    /// peer is not a faulty one, but it is now known to be slow.
+    pub fn give_up(&mut self, now: Instant) -> Vec<u32> {
+        let waited = now.saturating_duration_since(self.last_progress);
+        let out: Vec<u32> = self.inflight.keys().copied().collect();
+        for (i, (len, _)) in self.inflight.drain() {
+            self.late.insert(i, len);
+        }
+        self.late_bytes += self.inflight_bytes;
+        self.inflight_bytes = 0;
+        // It delivered nothing for `waited`: the rate is at most what it
+        // would take to deliver the biggest chunk in that time.
+        let cap = f64::from(self.biggest.max(1)) / waited.as_secs_f64().max(0.001);
+        self.rate = if self.rate > 0.0 {
+            self.rate.min(cap)
+        } else {
+            cap
+        };
+        out
+    }
+
+    /// Benched until `until`.
+    pub fn bench_until(&mut self, until: Instant) {
+        self.benched_until = Some(until);
+    }
+
+    /// When the bench running at `now` ends.
+    pub fn returns_at(&self, now: Instant) -> Option<Instant> {
+        self.benched_until.filter(|&t| t > now)
     }
 }
 
-/// How long a request to `p` may take before it is given up as late.
-fn deadline(p: &Peer) -> Duration {
-    MIN_DEADLINE.max(Duration::from_secs_f64(
-        (p.secs * DEADLINE_FACTOR).min(MAX_SECS),
-    ))
-}
-
-/// Expected wait for one more request to `p`.
-fn cost(p: &Peer) -> f64 {
-    let wait = (p.inflight.len() + p.late.len() + 1) as f64 * p.secs;
-    if p.complete {
-        wait * SEEDER_FACTOR
-    } else {
-        wait
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rarest_first_and_least_loaded_holder() {
-        let now = Instant::now();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let mut p = Peers::new(3);
-        p.connected(a, Some(Duration::from_millis(1)));
-        p.connected(b, Some(Duration::from_millis(1)));
-        p.update_have(&a, &[0, 1, 2], &[true, true, false]);
-        p.update_have(&b, &[0, 1, 2], &[true, false, false]);
-        let state = [Slot::Needed; 3];
-        // Chunk 1 has one holder, chunk 0 two, chunk 2 none.
-        assert_eq!(p.rarest_first(&state), vec![1, 0]);
-        // Equally rare chunks come in a random order, all of them.
-        let mut q = Peers::new(100);
-        q.connected(a, None);
-        q.update_have(&a, &(0..100).collect::<Vec<_>>(), &[true; 100]);
-        let order = q.rarest_first(&[Slot::Needed; 100]);
-        let mut sorted = order.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-        assert_ne!(order, sorted, "ties are shuffled");
-        assert_eq!(p.best_holder(1, &[], now), Some(a));
-        p.started(&a, 1, now);
-        // a is now busier than b.
-        assert_eq!(p.best_holder(0, &[], now), Some(b));
-        assert_eq!(p.best_holder(0, &[b], now), Some(a));
-        assert_eq!(p.best_holder(2, &[], now), None);
-    }
-
-    #[test]
-    fn a_peer_holding_everything_is_the_last_resort() {
-        let now = Instant::now();
-        let (seeder, mirror) = (PeerId::random(), PeerId::random());
-        let mut p = Peers::new(2);
-        p.connected(seeder, Some(Duration::from_millis(1)));
-        p.connected(mirror, Some(Duration::from_millis(1)));
-        p.update_have(&seeder, &[0, 1], &[true, true]);
-        p.update_have(&mirror, &[0, 1], &[true, false]);
-        assert_eq!(p.best_holder(0, &[], now), Some(mirror));
-        assert_eq!(p.best_holder(1, &[], now), Some(seeder));
-        // Until the mirror is much busier than the seeder.
-        for i in 0..3 {
-            p.started(&mirror, 100 + i, now);
-        }
-        assert_eq!(p.best_holder(0, &[], now), Some(seeder));
-    }
-
-    #[test]
-    fn banned_and_benched_peers_are_skipped() {
-        let now = Instant::now();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let mut p = Peers::new(1);
-        p.connected(a, None);
-        p.connected(b, None);
-        p.update_have(&a, &[0], &[true]);
-        p.update_have(&b, &[0], &[true]);
-        p.ban(&a, now);
-        assert_eq!(p.best_holder(0, &[], now), Some(b));
-        for _ in 0..MAX_FAILURES {
-            p.failed(&b, Duration::ZERO, now);
-        }
-        assert_eq!(p.best_holder(0, &[], now), None);
-        // A banned peer stays out even when it reconnects.
-        p.update_have(&a, &[0], &[true]);
-        p.connected(a, None);
-        assert!(p.peers[&a].benched_until.is_some());
-    }
-
-    #[test]
-    fn the_end_of_a_bench_is_known_and_a_ban_has_none() {
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let now = Instant::now();
-        let mut p = Peers::new(1);
-        p.connected(a, None);
-        p.connected(b, None);
-        assert_eq!(p.next_return(now), None);
-        for _ in 0..MAX_FAILURES {
-            p.failed(&a, Duration::ZERO, now);
-        }
-        p.ban(&b, now);
-        assert_eq!(p.next_return(now), Some(now + BENCH));
-        assert_eq!(p.next_return(now + BENCH), None, "the bench is over");
-    }
+/// The peers of a download, by id, and those banned from it.
+#[derive(Default)]
+pub(super) struct Peers {
+    pub map: HashMap<PeerId, Peer>,
+    pub banned: std::collections::HashSet<PeerId>,
 }

@@ -1,29 +1,36 @@
-//! The decisions of a chunk download, without I/O: which chunk to ask of
-//! which peer, when to refresh have-maps, when to write what arrived, and
-//! when the download is complete.
+//! The decisions of a chunk download, without I/O: which chunks to ask of
+//! which peer, when to refresh the peer list, when to write what arrived,
+//! and when the download is complete.
 //!
 //! [`Scheduler`] is a state machine. The driver feeds it [`Event`]s (the
-//! peer list, have-map answers, chunk results, finished writes) and asks
+//! peer list, have-map updates, chunk results, finished writes) and asks
 //! [`Scheduler::poll`] what to do next, getting [`Action`]s back. Time is
 //! passed in as `now` on every call, never read from the system clock, so
-//! every rule (refresh intervals, write delay, benches) can be tested by
-//! moving the clock by hand.
+//! every rule can be tested by moving the clock by hand.
 //!
-//! The rules, in the order `poll` applies them:
-//! 1. have-maps are refreshed every [`REFRESH`] (every [`REFRESH_LARGE`]
-//!    while more than [`LARGE`] chunks are needed): the driver lists the
-//!    connected peers, then each peer without an outstanding have request
-//!    is asked about every chunk not yet received;
-//! 2. unless [`MAX_BUFFERED`] bytes wait for the disk, the rarest needed
-//!    chunks go to the holders expected to answer soonest ([`Peers`]), at
-//!    most [`MAX_PER_PEER`](super::MAX_PER_PEER) per peer and [`MAX_TOTAL`] in all; once no
-//!    chunk is left without a request, each one with a single request gets a
-//!    second on another holder (endgame);
-//! 3. verified chunks are handed out for writing in batches of
-//!    [`WRITE_BATCH`] bytes, or after [`WRITE_DELAY`], one batch at a time.
+//! The work per event does not grow with the number of chunks: how many
+//! peers hold each chunk is kept up to date as have-maps change, chunks
+//! wait in per-peer stacks by rarity class and in [`Pool`]s, and each poll
+//! hands out at most [`PICKS_PER_POLL`] chunks. The rules:
 //!
-//! A request unanswered past its peer's deadline (see [`Peers`]) is given
-//! up before step 2, so its chunk is asked of another holder. A chunk whose
+//! 1. the peer list is refreshed every [`REFRESH`]; peers without a
+//!    have-map subscription are then asked about (a slice of) the chunks
+//!    still needed;
+//! 2. verified chunks are handed out for writing in batches of
+//!    [`WRITE_BATCH`] bytes, or after [`WRITE_DELAY`], one batch at a time;
+//! 3. unless [`MAX_BUFFERED`] bytes wait for the disk, every peer with a
+//!    quarter of its window free pulls: a peer that holds only some chunks
+//!    takes its rarest candidates, a seeder (a peer that holds every chunk)
+//!    first the chunks no other peer holds. Each chunk pulled goes to the
+//!    holder with the earliest expected delivery time that has room (a
+//!    seeder counting [`SEEDER_FACTOR`](super::peers::SEEDER_FACTOR) times
+//!    longer, so the source is the holder of last resort); the chunks
+//!    pulled for a peer leave as one batch;
+//! 4. once every chunk left is in flight, a request that waits longer than
+//!    it should gets a second on another holder with room (endgame).
+//!
+//! Requests to a peer that make no progress for its deadline are given up
+//! before step 3, so their chunks are asked of other holders. A chunk whose
 //! bytes hash right but whose length is not the one listed stops the
 //! download with [`Action::WrongLength`]: the list it came from lied.
 
@@ -31,18 +38,20 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::peers::Peers;
+use super::peers::{Peer, Peers};
 use crate::hash::Hash;
 use crate::manifest::ChunkRef;
 use crate::net::MAX_HAVE_IDS;
 
-/// Requests in flight in total.
-pub const MAX_TOTAL: usize = 32;
-/// How often have-maps and the peer list are refreshed during a download:
-/// often, so chunks that other mirrors just received are fetched from them
-/// rather than from the source...
+mod holders;
+mod picks;
+mod pool;
+pub(crate) use pool::Pool;
+
+/// How often the peer list is refreshed (and polled peers asked again).
 pub(super) const REFRESH: Duration = Duration::from_millis(250);
-/// ... but less often for very large versions, whose have requests are big.
+/// ... every second while more than [`LARGE`] chunks are needed: polled
+/// peers are asked about up to [`MAX_HAVE_IDS`] ids each time.
 const REFRESH_LARGE: Duration = Duration::from_secs(1);
 /// Needed chunks above which [`REFRESH_LARGE`] applies.
 const LARGE: usize = 16_384;
@@ -54,6 +63,13 @@ const WRITE_DELAY: Duration = Duration::from_millis(200);
 /// which no new request starts: memory stays bounded when the disk is
 /// slower than the network.
 const MAX_BUFFERED: usize = 2 * WRITE_BATCH;
+/// In the endgame, a request is duplicated on another holder once it has
+/// waited twice as long as it should, and at least this long: so a small
+/// download does not ask for everything twice.
+const ENDGAME_WAIT: Duration = Duration::from_millis(50);
+/// Chunks examined per poll at most: bounds the work of one poll whatever
+/// the number of chunks.
+pub(super) const PICKS_PER_POLL: usize = 16_384;
 
 /// A chunk's download state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,32 +82,57 @@ pub(crate) enum Slot {
     Done,
 }
 
-/// What happened, as the driver tells the scheduler.
+/// What happened, as the driver tells the scheduler. Chunk indices are
+/// positions in the list the scheduler was made with.
 #[derive(Debug)]
 pub(crate) enum Event {
     /// The peers connected now, with their last ping RTT: the answer to
     /// [`Action::ListPeers`]. Peers missing from it are gone (once nothing
     /// is in flight to them).
     Peers(Vec<(PeerId, Option<Duration>)>),
+    /// `peer` holds every chunk (a seeder).
+    HaveAll(PeerId),
+    /// Forget what `peer` was known to hold (a full map follows as
+    /// [`Event::HaveAdd`]).
+    HaveReset(PeerId),
+    /// `peer` holds these chunks too.
+    HaveAdd {
+        /// Who.
+        peer: PeerId,
+        /// The chunks.
+        indices: Vec<u32>,
+    },
+    /// Ask `peer` about chunk ids from now on (it has no have-map for this
+    /// download).
+    Poll(PeerId),
     /// A peer's answer to [`Action::AskHave`]: `have[k]` is for `indices[k]`.
     Have {
         /// Who answered.
         peer: PeerId,
         /// The chunk indices asked about.
-        indices: Vec<usize>,
+        indices: Vec<u32>,
         /// Which of them it holds.
         have: Vec<bool>,
     },
     /// A have request failed (counts as a failure of the peer).
     HaveFailed(PeerId),
-    /// The result of an [`Action::Fetch`].
+    /// One answer to an [`Action::Fetch`].
     Chunk {
         /// The peer asked.
         peer: PeerId,
-        /// The chunk's index in the download.
-        index: usize,
+        /// The chunk.
+        index: u32,
         /// What came back.
         result: Delivery,
+        /// For the first answer of a request: the time since it was sent.
+        waited: Option<Duration>,
+    },
+    /// A request failed for these chunks (one failure of the peer).
+    Failed {
+        /// The peer asked.
+        peer: PeerId,
+        /// The chunks that got no answer.
+        indices: Vec<u32>,
     },
     /// A batch from [`Action::Write`] of `count` chunks is stored.
     Written {
@@ -100,32 +141,22 @@ pub(crate) enum Event {
     },
 }
 
-/// The result of one chunk request.
+/// The result of asking for one chunk.
 pub(crate) enum Delivery {
     /// Bytes that hash to the chunk id.
-    Verified {
-        /// The chunk.
-        data: Vec<u8>,
-        /// From sending the request to verifying the answer.
-        took: Duration,
-    },
+    Verified(Vec<u8>),
     /// Bytes that do not hash to the chunk id: the peer is banned.
     WrongBytes,
     /// The peer does not hold the chunk after all.
     NotFound,
-    /// Timeout, stream or protocol error.
-    Failed,
 }
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Delivery::Verified { data, took } => {
-                write!(f, "Verified({} bytes in {took:?})", data.len())
-            }
+            Delivery::Verified(data) => write!(f, "Verified({} bytes)", data.len()),
             Delivery::WrongBytes => f.write_str("WrongBytes"),
             Delivery::NotFound => f.write_str("NotFound"),
-            Delivery::Failed => f.write_str("Failed"),
         }
     }
 }
@@ -141,22 +172,23 @@ pub(crate) enum Action {
         /// Whom to ask.
         peer: PeerId,
         /// The chunk indices, at most [`MAX_HAVE_IDS`].
-        indices: Vec<usize>,
+        indices: Vec<u32>,
         /// Their ids, in the same order.
         ids: Vec<Hash>,
     },
-    /// Fetch chunk `index` (`id`) from `peer`, verify it and answer with
-    /// [`Event::Chunk`].
+    /// Ask `peer` for chunks `indices` (`ids`) in one request, verify each
+    /// answer and report it with [`Event::Chunk`] (or [`Event::Failed`]).
     Fetch {
         /// Whom to ask.
         peer: PeerId,
-        /// The chunk's index in the download.
-        index: usize,
-        /// Its id.
-        id: Hash,
+        /// The chunks, at most [`crate::net::MAX_GET_IDS`].
+        indices: Vec<u32>,
+        /// Their ids, in the same order.
+        ids: Vec<Hash>,
     },
-    /// Store these verified chunks and answer with [`Event::Written`].
-    Write(Vec<(Hash, Vec<u8>)>),
+    /// Store these verified chunks (index, id, bytes) and answer with
+    /// [`Event::Written`].
+    Write(Vec<(u32, Hash, Vec<u8>)>),
     /// Chunk `id` arrived with the right hash but not the length listed:
     /// the chunk list is false, stop this download. Comes alone.
     WrongLength {
@@ -178,7 +210,7 @@ impl std::fmt::Debug for Action {
             Action::AskHave { peer, indices, .. } => {
                 write!(f, "AskHave({peer}, {} chunks)", indices.len())
             }
-            Action::Fetch { peer, index, .. } => write!(f, "Fetch({peer}, {index})"),
+            Action::Fetch { peer, indices, .. } => write!(f, "Fetch({peer}, {indices:?})"),
             Action::Write(batch) => write!(f, "Write({} chunks)", batch.len()),
             Action::WrongLength { id, listed, actual } => {
                 write!(f, "WrongLength({id}: {listed} listed, {actual} real)")
@@ -192,42 +224,54 @@ impl std::fmt::Debug for Action {
 pub(crate) struct Scheduler {
     chunks: Vec<ChunkRef>,
     state: Vec<Slot>,
+    /// Peers other than seeders known to hold each chunk.
+    avail: Vec<u16>,
     /// Chunks in [`Slot::Needed`].
-    needed: usize,
+    needed: Pool,
+    /// Needed chunks no peer but a seeder holds: what a seeder serves first.
+    orphans: Pool,
+    /// Chunks with exactly one request in flight (endgame candidates).
+    flying: Pool,
     /// Chunks not yet [`Slot::Done`].
     remaining: usize,
     /// Chunks not yet reported written.
     unwritten: usize,
     peers: Peers,
-    /// Rarest-first order, recomputed when have-maps change (not per
-    /// request: that would cost O(chunks x peers) for every chunk).
-    order: Vec<usize>,
-    order_dirty: bool,
+    /// Peers are asked about ids, not subscribed to (a plain chunk list).
+    poll_all: bool,
+    poll_cursor: usize,
     last_refresh: Option<Instant>,
-    /// The peer list was refreshed: ask have-maps at the next poll.
+    /// The peer list was refreshed: ask polled peers at the next poll.
     ask_have: bool,
     /// Verified chunks not yet handed out for writing.
-    buffer: Vec<(Hash, Vec<u8>)>,
+    buffer: Vec<(u32, Hash, Vec<u8>)>,
     buffered: usize,
     writing: bool,
     last_write: Instant,
     /// A chunk arrived whose length is not the listed one: (index, length).
-    wrong_length: Option<(usize, usize)>,
+    wrong_length: Option<(u32, usize)>,
+    /// Steps taken, for the tests that bound the work per event.
+    pub(super) work: u64,
 }
 
 impl Scheduler {
-    /// A download of `chunks` (unique, none in the store yet) starting at `now`.
-    pub fn new(chunks: Vec<ChunkRef>, now: Instant) -> Self {
+    /// A download of `chunks` (unique, none in the store yet) starting at
+    /// `now`. With `poll_all`, every peer is asked about ids; otherwise
+    /// only those the driver names with [`Event::Poll`].
+    pub fn new(chunks: Vec<ChunkRef>, poll_all: bool, now: Instant) -> Self {
         let n = chunks.len();
         Scheduler {
             chunks,
             state: vec![Slot::Needed; n],
-            needed: n,
+            avail: vec![0; n],
+            needed: Pool::full_shuffled(n),
+            orphans: Pool::full_shuffled(n),
+            flying: Pool::new(n),
             remaining: n,
             unwritten: n,
-            peers: Peers::new(n),
-            order: Vec::new(),
-            order_dirty: true,
+            peers: Peers::default(),
+            poll_all,
+            poll_cursor: 0,
             last_refresh: None,
             ask_have: false,
             buffer: Vec::new(),
@@ -235,6 +279,7 @@ impl Scheduler {
             writing: false,
             last_write: now,
             wrong_length: None,
+            work: 0,
         }
     }
 
@@ -243,30 +288,59 @@ impl Scheduler {
     /// the driver adds to the bytes received.
     pub fn handle(&mut self, event: Event, now: Instant) -> u64 {
         match event {
-            Event::Peers(list) => {
-                for (id, rtt) in list {
-                    self.peers.connected(id, rtt);
+            Event::Peers(list) => self.on_peers(list, now),
+            Event::HaveAll(peer) => self.set_seeder(&peer),
+            Event::HaveReset(peer) => self.reset_have(&peer),
+            Event::HaveAdd { peer, mut indices } => {
+                // A random order: mirrors pulling the same map take
+                // different chunks first.
+                use rand::seq::SliceRandom;
+                indices.shuffle(&mut rand::rng());
+                for i in indices {
+                    self.learn(&peer, i, true);
                 }
-                self.peers.retain_connected();
+            }
+            Event::Poll(peer) => {
+                if let Some(p) = self.peers.map.get_mut(&peer) {
+                    p.polled = true;
+                    self.ask_have = true;
+                }
             }
             Event::Have {
                 peer,
                 indices,
                 have,
             } => {
-                self.peers.set_have_pending(&peer, false);
-                self.peers.update_have(&peer, &indices, &have);
-                self.order_dirty = true;
+                if let Some(p) = self.peers.map.get_mut(&peer) {
+                    p.poll_pending = false;
+                }
+                for (i, b) in indices.into_iter().zip(have) {
+                    self.learn(&peer, i, b);
+                }
             }
             Event::HaveFailed(peer) => {
-                self.peers.set_have_pending(&peer, false);
-                self.peers.failed(&peer, Duration::ZERO, now);
+                if let Some(p) = self.peers.map.get_mut(&peer) {
+                    p.poll_pending = false;
+                    p.failed(now);
+                }
             }
             Event::Chunk {
                 peer,
                 index,
                 result,
-            } => return self.on_chunk(peer, index, result, now),
+                waited,
+            } => return self.on_chunk(peer, index, result, waited, now),
+            Event::Failed { peer, indices } => {
+                let Some(p) = self.peers.map.get_mut(&peer) else {
+                    return 0;
+                };
+                p.failed(now);
+                let ended: Vec<(u32, Option<bool>)> =
+                    indices.into_iter().map(|i| (i, p.finish(i))).collect();
+                for (i, late) in ended {
+                    self.ended_without(i, late != Some(false));
+                }
+            }
             Event::Written { count } => {
                 self.writing = false;
                 self.last_write = now;
@@ -276,48 +350,58 @@ impl Scheduler {
         0
     }
 
-    fn on_chunk(&mut self, peer: PeerId, i: usize, result: Delivery, now: Instant) -> u64 {
+    fn on_chunk(
+        &mut self,
+        peer: PeerId,
+        i: u32,
+        result: Delivery,
+        waited: Option<Duration>,
+        now: Instant,
+    ) -> u64 {
+        if (i as usize) >= self.chunks.len() {
+            return 0;
+        }
         // A late request's chunk was already moved on: its answer changes
         // what is known of the peer, and a verified body is still taken,
         // but a failure must not release the chunk a second time.
-        let (took, late) = self
+        let late = self
             .peers
-            .finished(&peer, i, now)
-            .unwrap_or((Duration::ZERO, true));
+            .map
+            .get_mut(&peer)
+            .and_then(|p| p.finish(i))
+            .unwrap_or(true);
         match result {
-            Delivery::Verified { data, took } => {
-                self.peers.succeeded(&peer, took);
-                if self.state[i] != Slot::Done {
+            Delivery::Verified(data) => {
+                if let Some(p) = self.peers.map.get_mut(&peer) {
+                    p.delivered(data.len(), now, waited);
+                }
+                if self.state[i as usize] != Slot::Done {
                     let len = data.len();
-                    if len != self.chunks[i].len as usize {
+                    let c = self.chunks[i as usize];
+                    if len != c.len as usize {
                         self.wrong_length.get_or_insert((i, len));
                         return 0;
                     }
                     self.set(i, Slot::Done);
                     self.buffered += len;
-                    self.buffer.push((self.chunks[i].id, data));
+                    self.buffer.push((i, c.id, data));
                     return len as u64;
                 }
             }
             Delivery::WrongBytes => {
-                self.peers.ban(&peer, now);
-                if !late {
-                    self.release(i);
-                }
-                self.order_dirty = true;
+                self.ban(&peer, now);
+                self.ended_without(i, late);
             }
             Delivery::NotFound => {
-                self.peers.lacks(&peer, i, took, now);
-                if !late {
-                    self.release(i);
+                // It claimed the chunk: a failure, and the claim is gone.
+                if self.peers.map.get(&peer).is_some_and(Peer::is_seeder) {
+                    self.demote_seeder(&peer);
                 }
-                self.order_dirty = true;
-            }
-            Delivery::Failed => {
-                self.peers.failed(&peer, took, now);
-                if !late {
-                    self.release(i);
+                self.learn(&peer, i, false);
+                if let Some(p) = self.peers.map.get_mut(&peer) {
+                    p.failed(now);
                 }
+                self.ended_without(i, late);
             }
         }
         0
@@ -328,7 +412,7 @@ impl Scheduler {
     /// alone once every chunk is written.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         if let Some((i, actual)) = self.wrong_length {
-            let c = self.chunks[i];
+            let c = self.chunks[i as usize];
             return vec![Action::WrongLength {
                 id: c.id,
                 listed: c.len,
@@ -338,28 +422,18 @@ impl Scheduler {
         if self.unwritten == 0 {
             return vec![Action::Done];
         }
-        let every = self.refresh_every();
         if self
             .last_refresh
-            .is_none_or(|t| now.saturating_duration_since(t) >= every)
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.refresh_every())
         {
             self.last_refresh = Some(now);
             self.ask_have = true;
             return vec![Action::ListPeers];
         }
-        // Requests past their peer's deadline: ask another holder.
-        for (peer, i) in self.peers.take_overdue(now) {
-            tracing::debug!(%peer, chunk = %self.chunks[i].id, "request late; asking another holder");
-            self.release(i);
-            self.order_dirty = true;
-        }
+        self.take_overdue(now);
         let mut out = Vec::new();
         if std::mem::take(&mut self.ask_have) {
-            self.ask_have_maps(&mut out);
-        }
-        // Paused while verified chunks wait for the disk (bounded memory).
-        if self.remaining > 0 && self.buffered < MAX_BUFFERED {
-            self.start_requests(now, &mut out);
+            self.ask_polled(&mut out);
         }
         // Write what has arrived, one batch at a time.
         if !self.writing
@@ -372,6 +446,10 @@ impl Scheduler {
             self.buffered = 0;
             out.push(Action::Write(std::mem::take(&mut self.buffer)));
         }
+        // Paused while verified chunks wait for the disk (bounded memory).
+        if self.remaining > 0 && self.buffered < MAX_BUFFERED {
+            self.start_requests(now, &mut out);
+        }
         out
     }
 
@@ -383,11 +461,17 @@ impl Scheduler {
         if !self.writing && !self.buffer.is_empty() {
             next = next.min(self.last_write + WRITE_DELAY);
         }
-        if let Some(t) = self.peers.next_return(now) {
-            next = next.min(t);
+        if self.needed.is_empty() && !self.flying.is_empty() {
+            // Endgame: look again for requests that became slow.
+            next = next.min(now + ENDGAME_WAIT);
         }
-        if let Some(t) = self.peers.next_overdue() {
-            next = next.min(t.max(now));
+        for p in self.peers.map.values() {
+            if let Some(t) = p.returns_at(now) {
+                next = next.min(t);
+            }
+            if let Some(t) = p.overdue_at() {
+                next = next.min(t.max(now));
+            }
         }
         next
     }
@@ -400,95 +484,113 @@ impl Scheduler {
         }
     }
 
-    /// Asks every known peer without an outstanding have request about
-    /// every chunk not yet received.
-    fn ask_have_maps(&mut self, out: &mut Vec<Action>) {
-        let needed: Vec<usize> = (0..self.chunks.len())
-            .filter(|&i| self.state[i] != Slot::Done)
+    /// Requests past their peer's deadline: ask other holders.
+    fn take_overdue(&mut self, now: Instant) {
+        let mut moved = Vec::new();
+        for (id, p) in &mut self.peers.map {
+            self.work += 1;
+            if p.overdue_at().is_some_and(|t| t <= now) {
+                tracing::debug!(peer = %id, chunks = p.inflight.len(), "requests late; asking other holders");
+                moved.extend(p.give_up(now));
+            }
+        }
+        for i in moved {
+            self.release_one(i);
+        }
+    }
+
+    /// Asks each polled peer without an answer pending about the next
+    /// slice of the chunks not yet received.
+    fn ask_polled(&mut self, out: &mut Vec<Action>) {
+        let targets: Vec<PeerId> = self
+            .peers
+            .map
+            .iter()
+            .filter(|(_, p)| p.polled && !p.poll_pending && !p.is_seeder())
+            .map(|(id, _)| *id)
             .collect();
-        for peer in self.peers.ids() {
-            if self.peers.have_pending(&peer) {
-                continue;
-            }
-            self.peers.set_have_pending(&peer, true);
-            for part in needed.chunks(MAX_HAVE_IDS) {
-                out.push(Action::AskHave {
-                    peer,
-                    indices: part.to_vec(),
-                    ids: part.iter().map(|&i| self.chunks[i].id).collect(),
-                });
-            }
+        if targets.is_empty() {
+            return;
         }
-    }
-
-    /// Rarest needed chunk first, to the holder expected soonest; then the
-    /// endgame.
-    fn start_requests(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.order_dirty {
-            self.order = self.peers.rarest_first(&self.state);
-            self.order_dirty = false;
-        }
-        let state = &self.state;
-        self.order.retain(|&i| state[i] != Slot::Done);
-        for k in 0..self.order.len() {
-            let i = self.order[k];
-            if self.peers.total_inflight() >= MAX_TOTAL {
-                break;
-            }
-            if self.state[i] != Slot::Needed {
-                continue;
-            }
-            let Some(peer) = self.peers.best_holder(i, &[], now) else {
-                continue;
+        let total = self.needed.len() + self.flying.len();
+        let take = total.min(MAX_HAVE_IDS);
+        let mut indices = Vec::with_capacity(take);
+        for k in 0..take {
+            let at = (self.poll_cursor + k) % total.max(1);
+            let i = match self.needed.items().get(at) {
+                Some(&i) => i,
+                None => self.flying.items()[at - self.needed.len()],
             };
-            self.set(i, Slot::InFlight(1));
-            self.request(peer, i, now, out);
+            indices.push(i);
         }
-        // Endgame: nothing left to start, so duplicate what is in flight.
-        if self.needed == 0 {
-            for i in 0..self.chunks.len() {
-                if self.peers.total_inflight() >= MAX_TOTAL {
-                    break;
-                }
-                if self.state[i] == Slot::InFlight(1) {
-                    let busy = self.peers.fetching(i);
-                    if let Some(peer) = self.peers.best_holder(i, &busy, now) {
-                        self.set(i, Slot::InFlight(2));
-                        self.request(peer, i, now, out);
-                    }
+        self.work += take as u64;
+        self.poll_cursor = (self.poll_cursor + take) % total.max(1);
+        if indices.is_empty() {
+            return;
+        }
+        let ids: Vec<Hash> = indices
+            .iter()
+            .map(|&i| self.chunks[i as usize].id)
+            .collect();
+        for peer in targets {
+            if let Some(p) = self.peers.map.get_mut(&peer) {
+                p.poll_pending = true;
+            }
+            out.push(Action::AskHave {
+                peer,
+                indices: indices.clone(),
+                ids: ids.clone(),
+            });
+        }
+    }
+
+    /// Moves chunk `i` to `slot`, keeping the counters and pools right.
+    fn set(&mut self, i: u32, slot: Slot) {
+        let old = std::mem::replace(&mut self.state[i as usize], slot);
+        match old {
+            Slot::Needed => {
+                self.needed.remove(i);
+                self.orphans.remove(i);
+            }
+            Slot::InFlight(1) => {
+                self.flying.remove(i);
+            }
+            _ => {}
+        }
+        match slot {
+            Slot::Needed => {
+                self.needed.insert(i);
+                if self.avail[i as usize] == 0 {
+                    self.orphans.insert(i);
                 }
             }
+            Slot::InFlight(1) => {
+                self.flying.insert(i);
+            }
+            Slot::Done => self.remaining -= 1,
+            Slot::InFlight(_) => {}
         }
     }
 
-    fn request(&mut self, peer: PeerId, i: usize, now: Instant, out: &mut Vec<Action>) {
-        self.peers.started(&peer, i, now);
-        out.push(Action::Fetch {
-            peer,
-            index: i,
-            id: self.chunks[i].id,
-        });
-    }
-
-    /// Moves chunk `i` to `slot`, keeping the counters right.
-    fn set(&mut self, i: usize, slot: Slot) {
-        let old = std::mem::replace(&mut self.state[i], slot);
-        if old == Slot::Needed {
-            self.needed -= 1;
-        }
-        if slot == Slot::Needed {
-            self.needed += 1;
-        }
-        if old != Slot::Done && slot == Slot::Done {
-            self.remaining -= 1;
+    /// A request for chunk `i` ended without the chunk. A late one had
+    /// released the chunk already; its holders get it on their stacks
+    /// again, since those late on it may have dropped it.
+    fn ended_without(&mut self, i: u32, late: bool) {
+        if !late {
+            self.release_one(i);
+        } else if self.state[i as usize] == Slot::Needed {
+            self.push_to_holders(i, None);
         }
     }
 
     /// One request for chunk `i` ended without the chunk.
-    fn release(&mut self, i: usize) {
-        match self.state[i] {
-            Slot::InFlight(2) => self.set(i, Slot::InFlight(1)),
-            Slot::InFlight(_) => self.set(i, Slot::Needed),
+    fn release_one(&mut self, i: u32) {
+        match self.state[i as usize] {
+            Slot::InFlight(1) => {
+                self.set(i, Slot::Needed);
+                self.push_to_holders(i, None);
+            }
+            Slot::InFlight(n) => self.set(i, Slot::InFlight(n - 1)),
             _ => {}
         }
     }

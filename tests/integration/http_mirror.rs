@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 /// Polls the mirror's status until its collection is current.
-fn wait_current(mirror: &TestNode, id: &str) {
+pub fn wait_current(mirror: &TestNode, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = mirror.cli().run(&["status"]);
@@ -21,7 +21,8 @@ fn wait_current(mirror: &TestNode, id: &str) {
     }
 }
 
-fn http_base(node: &TestNode) -> String {
+/// The base URL of a binary node's HTTP gateway, from its log.
+pub fn http_base(node: &TestNode) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(l) = node
@@ -40,7 +41,8 @@ fn http_base(node: &TestNode) -> String {
     }
 }
 
-fn curl(args: &[&str]) -> std::process::Output {
+/// curl, failing on HTTP errors.
+pub fn curl(args: &[&str]) -> std::process::Output {
     Command::new("curl")
         .args(["-sS", "--fail"])
         .args(args)

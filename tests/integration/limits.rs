@@ -108,10 +108,11 @@ fn chunks_of(node: &Node, c: CollectionId) -> Vec<ChunkRef> {
     all
 }
 
-/// Opens a chunk stream to `peer`, asks for `id`, and never reads.
+/// Opens a chunk stream to `peer`, asks for `id` (a `Get` of one id), and
+/// never reads.
 async fn stalled_request(client: &Client, peer: PeerId, id: Hash) -> Option<net::Stream> {
     let mut s = client.open_chunk_stream(peer).await.ok()?;
-    let mut frame = vec![0x01];
+    let mut frame = vec![0x01, 0, 0, 0, 1];
     frame.extend_from_slice(&id.0);
     s.write_all(&frame).await.ok()?;
     s.flush().await.ok()?;

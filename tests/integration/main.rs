@@ -3,17 +3,27 @@
 
 mod harness;
 
+mod caps;
 mod cli;
 mod crash;
 mod daemon;
+mod discovery;
 mod faults;
 mod harness_selftest;
 mod hostile;
 mod http;
+mod http_load;
+mod http_metrics;
 mod http_mirror;
+mod join;
 mod limits;
 mod local_safety;
+mod many_files;
+mod nat;
 mod network;
 mod publish_trees;
+mod redirect;
+mod service;
 mod settings;
 mod store_model;
+mod swarm;

@@ -1,7 +1,9 @@
 //! Reactions of the [`EventLoop`] to swarm and behaviour events.
 
 use libp2p::{
-    gossipsub, identify, kad, mdns, ping,
+    gossipsub, identify, mdns,
+    multiaddr::Protocol,
+    ping,
     swarm::{dial_opts::DialOpts, SwarmEvent},
 };
 use tracing::{debug, trace, warn};
@@ -11,7 +13,7 @@ use crate::net::{
     addr_filter,
     behaviour::{BehaviourEvent, KAD_PROTOCOL},
     limits::Counters,
-    Event, NetError,
+    peer_book, Event, NetError,
 };
 
 impl EventLoop {
@@ -31,6 +33,7 @@ impl EventLoop {
             } => {
                 debug!(?reason, "listener closed");
                 self.listener_settled(listener_id);
+                self.relay_listener_closed(listener_id);
             }
             SwarmEvent::ListenerError { listener_id, error } => {
                 warn!(%error, "listener error");
@@ -55,11 +58,25 @@ impl EventLoop {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
+                let first_peer = self.peers.is_empty();
+                let addr = endpoint.get_remote_address().clone();
                 self.peers
                     .entry(peer_id)
                     .or_default()
                     .conns
-                    .insert(connection_id, endpoint.get_remote_address().clone());
+                    .insert(connection_id, addr.clone());
+                if endpoint.is_dialer() {
+                    // An address we dialed and reached: worth remembering.
+                    let mut dialable = addr.clone();
+                    if matches!(dialable.iter().last(), Some(Protocol::P2p(_))) {
+                        dialable.pop();
+                    }
+                    self.book.saw(peer_id, dialable, peer_book::now_secs());
+                }
+                if first_peer {
+                    self.first_peer_connected();
+                }
+                self.prefer_direct(peer_id, connection_id, &addr);
                 if num_established.get() == 1 {
                     self.emit(Event::PeerConnected(peer_id));
                 }
@@ -74,8 +91,10 @@ impl EventLoop {
                 debug!(peer = %peer_id, ?cause, "connection closed");
                 if let Some(state) = self.peers.get_mut(&peer_id) {
                     state.conns.remove(&connection_id);
+                    state.punched.remove(&connection_id);
                 }
                 if num_established == 0 {
+                    self.nat.disconnected(&peer_id);
                     self.pool.forget(&peer_id);
                     // A banned peer's connection was never announced.
                     if self.peers.remove(&peer_id).is_some() {
@@ -106,21 +125,30 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 trace!(peer = %peer_id, agent = %info.agent_version, "identified");
+                self.note_relay_capable(peer_id, &info.protocols);
                 let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
                 let seen_on: Vec<_> = self
                     .peers
                     .get(&peer_id)
                     .map(|s| s.conns.values().cloned().collect())
                     .unwrap_or_default();
+                let (good, bad): (Vec<_>, Vec<_>) = info
+                    .listen_addrs
+                    .into_iter()
+                    .partition(|a| addr_filter::acceptable(a, &seen_on));
+                if !bad.is_empty() {
+                    debug!(peer = %peer_id, ?bad, "ignoring addresses it cannot have");
+                }
+                let good: Vec<_> = good
+                    .into_iter()
+                    .take(addr_filter::MAX_ADDRS_PER_PEER)
+                    .collect();
+                let now = peer_book::now_secs();
+                for addr in good.iter().rev() {
+                    self.book.saw(peer_id, addr.clone(), now);
+                }
                 if let (true, Some(kad)) = (speaks_kad, self.swarm.behaviour_mut().kad.as_mut()) {
-                    let (good, bad): (Vec<_>, Vec<_>) = info
-                        .listen_addrs
-                        .into_iter()
-                        .partition(|a| addr_filter::acceptable(a, &seen_on));
-                    if !bad.is_empty() {
-                        debug!(peer = %peer_id, ?bad, "ignoring addresses it cannot have");
-                    }
-                    for addr in good.into_iter().take(addr_filter::MAX_ADDRS_PER_PEER) {
+                    for addr in good {
                         kad.add_address(&peer_id, addr);
                     }
                 }
@@ -134,10 +162,12 @@ impl EventLoop {
                 }
                 Err(e) => debug!(%peer, error = %e, "ping failed"),
             },
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
-                trace!(%peer, "kademlia routing updated");
-            }
-            BehaviourEvent::Kad(other) => trace!(?other, "kademlia"),
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Autonat(event) => self.on_autonat_event(event),
+            BehaviourEvent::Relay(event) => self.on_relay_event(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr_event(event),
+            BehaviourEvent::Upnp(event) => self.on_upnp_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     if self.swarm.is_connected(&peer) {

@@ -213,6 +213,11 @@ impl TestNode {
         self.node().shutdown().instrument(self.span.clone()).await;
     }
 
+    /// The process id of a running binary (for /proc). Binary only.
+    pub fn pid(&mut self) -> u32 {
+        self.proc().child.as_ref().expect("not running").id()
+    }
+
     /// Sends a binary SIGTERM and waits for it to exit. Binary only.
     pub fn stop(&mut self) -> ExitStatus {
         let name = self.name.clone();
