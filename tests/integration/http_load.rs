@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use crate::http_metrics::Scrape;
-use crate::http_mirror::{http_base, wait_current};
+use crate::http_mirror::wait_current;
 
 /// Concurrent downloads.
 const CLIENTS: usize = 200;

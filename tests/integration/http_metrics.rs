@@ -5,7 +5,7 @@ use std::fs;
 use std::process::Command;
 
 use crate::harness::*;
-use crate::http_mirror::{curl, http_base, wait_current};
+use crate::http_mirror::{curl, wait_current};
 
 /// Every sample of a Prometheus text exposition, by series (name and labels).
 pub struct Scrape(pub String);

@@ -21,26 +21,6 @@ pub fn wait_current(mirror: &TestNode, id: &str) {
     }
 }
 
-/// The base URL of a binary node's HTTP gateway, from its log.
-pub fn http_base(node: &TestNode) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(l) = node
-            .log()
-            .lines()
-            .find_map(|l| l.strip_prefix("serving HTTP on "))
-        {
-            return l.trim().trim_end_matches('/').to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no HTTP address:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// curl, failing on HTTP errors.
 pub fn curl(args: &[&str]) -> std::process::Output {
     Command::new("curl")

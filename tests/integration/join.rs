@@ -257,25 +257,6 @@ fn a_partial_mirror_fetches_keeps_and_serves_only_its_paths() {
     assert_same_tree(&src, &all);
 }
 
-fn http_base(node: &TestNode) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(l) = node
-            .log()
-            .lines()
-            .find_map(|l| l.strip_prefix("serving HTTP on "))
-        {
-            return l.trim().trim_end_matches('/').to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no HTTP address:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn curl(args: &[&str]) -> std::process::Output {
     Command::new("curl")
         .arg("-sS")

@@ -30,22 +30,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The HTTP base a node printed.
-fn http_base(node: &TestNode) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(l) = node
-            .log()
-            .lines()
-            .find_map(|l| l.strip_prefix("serving HTTP on "))
-        {
-            return l.trim().trim_end_matches('/').to_string();
-        }
-        assert!(Instant::now() < deadline, "no HTTP address");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Polls the node's status until `id` is current at `version`.
 fn wait_current(node: &TestNode, id: &str, version: u64) {
     let deadline = Instant::now() + Duration::from_secs(120);

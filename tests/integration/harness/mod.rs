@@ -22,7 +22,7 @@ use peermirror::node::{Node, NodeConfig};
 
 pub use fixtures::*;
 pub use logs::{outside_log, LOG_FILE};
-pub use node::TestNode;
+pub use node::{http_base, TestNode};
 pub use source::SlowSource;
 pub use tmpfs::Tmpfs;
 

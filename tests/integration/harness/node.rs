@@ -366,3 +366,23 @@ fn copy_lines(
         }
     })
 }
+
+/// The base URL of a binary node's HTTP gateway, from its log.
+pub fn http_base(node: &TestNode) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(l) = node
+            .log()
+            .lines()
+            .find_map(|l| l.strip_prefix("serving HTTP on "))
+        {
+            return l.trim().trim_end_matches('/').to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTP address:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
