@@ -20,6 +20,7 @@
 //!           | 0x05 count:u32 bitmap[ceil(count/8)] -- Map: bit i for chunk i of the order
 //!           | 0x06 count:u32                       -- All: every chunk of the order
 //!           | 0x07 n:u32 index:u32*n               -- Added: newly held, 1 <= n <= 65,536
+//!           | 0x08                                 -- Elsewhere: held, but ask other peers first
 //! ```
 //!
 //! Bitmap bit `i` lives in byte `i / 8` at bit position `i % 8` (LSB first).
@@ -69,6 +70,7 @@ const RESP_MANIFEST: u8 = 0x04;
 const RESP_MAP: u8 = 0x05;
 const RESP_ALL: u8 = 0x06;
 const RESP_ADDED: u8 = 0x07;
+const RESP_ELSEWHERE: u8 = 0x08;
 
 /// Bytes read into memory at a time for a large frame.
 const PIECE: usize = 64 << 10;
@@ -103,6 +105,11 @@ pub(crate) enum Response {
     All(u32),
     /// Indices of the order the peer now holds too.
     Added(Vec<u32>),
+    /// An answer to one id of a `Get`: the peer holds the chunk but sent it
+    /// to another downloader moments ago, which will serve it: ask others
+    /// first (asking again later is answered). How a source sends each
+    /// chunk about once.
+    Elsewhere,
 }
 
 impl Response {
@@ -111,7 +118,7 @@ impl Response {
     pub(crate) fn held_bytes(&self) -> usize {
         match self {
             Response::Found(body) => 5 + body.len(),
-            Response::NotFound => 1,
+            Response::NotFound | Response::Elsewhere => 1,
             Response::Have(flags) => 5 + flags.len() + flags.len().div_ceil(8),
             Response::ManifestChunks(list) => 5 + list.len() * 36,
             Response::Map(bits) => 5 + bits.as_bytes().len(),
@@ -328,6 +335,7 @@ pub(crate) async fn read_response<R: AsyncRead + Unpin>(
             Ok(Response::Found(Bytes::from(read_bytes(io, len).await?)))
         }
         RESP_NOT_FOUND => Ok(Response::NotFound),
+        RESP_ELSEWHERE => Ok(Response::Elsewhere),
         RESP_HAVE => {
             let count = read_u32(io).await? as usize;
             if count > MAX_HAVE_IDS {
@@ -425,6 +433,7 @@ pub(crate) async fn write_response_unflushed<W: AsyncWrite + Unpin>(
             }
         }
         Response::NotFound => io.write_all(&[RESP_NOT_FOUND]).await?,
+        Response::Elsewhere => io.write_all(&[RESP_ELSEWHERE]).await?,
         Response::Have(flags) => {
             let count = wire_len(flags.len(), MAX_HAVE_IDS, "have bitmap")?;
             let mut buf = vec![0u8; 5 + flags.len().div_ceil(8)];

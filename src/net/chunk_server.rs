@@ -2,7 +2,10 @@
 //! answers the requests on each one in turn until the remote closes it; a
 //! `Get` is answered chunk by chunk, a `Subscribe` with the have-map and
 //! then its updates for as long as this node's download of that manifest
-//! runs.
+//! runs. A node that holds a version whole while several peers download
+//! it hands its first copy of each chunk to one of them and answers the
+//! others `Elsewhere` for a moment (`first_copies`), so a source sends each
+//! chunk about once.
 //!
 //! Anyone may open streams, so what a peer can make the server hold is
 //! bounded (see [`NetLimits`]):
@@ -30,6 +33,7 @@ use libp2p_stream::IncomingStreams;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use self::first_copies::{FirstCopies, Verdict};
 use super::caps::Caps;
 use super::chunk_board::{HaveBoard, Next};
 use super::chunk_protocol::{self, Request, RequestHead, Response, MAX_CHUNK_LEN};
@@ -38,6 +42,8 @@ use super::rate::RateLimiter;
 use super::ChunkProvider;
 use crate::hash::Hash;
 use crate::task::lock;
+
+mod first_copies;
 
 /// How long the server waits for the next request on an open stream.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -84,6 +90,8 @@ pub(crate) struct Server {
     rate: Mutex<RateLimiter<PeerId>>,
     counters: Arc<Counters>,
     caps: Arc<Caps>,
+    /// Which downloader got the first copy of each chunk lately.
+    firsts: Arc<FirstCopies>,
 }
 
 /// A stream slot: returns the peer's and the global count on drop.
@@ -133,6 +141,7 @@ impl Server {
             counters,
             caps,
             limits,
+            firsts: Arc::default(),
         })
     }
 
@@ -354,13 +363,17 @@ async fn get(
             .await
             .ok_or(Stop::Timeout)?;
         let provider = server.provider.clone();
+        let firsts = server.firsts.clone();
         let group = ids.clone();
         let read = tokio::task::spawn_blocking(move || {
             let mut frames: Vec<Response> = Vec::new();
             let mut body = 0;
             let mut i = next;
             while i < group.len() && body < GROUP && frames.len() < GROUP_CHUNKS {
-                let f = chunk_frame(&*provider, &group[i]);
+                let f = match firsts.verdict(peer, group[i], Instant::now()) {
+                    Verdict::Serve => chunk_frame(&*provider, &group[i]),
+                    Verdict::Defer => Response::Elsewhere,
+                };
                 let len = f.held_bytes() - 1;
                 if !frames.is_empty() && body + len > MAX_CHUNK_LEN {
                     // Read again as the first of the next group.
@@ -414,6 +427,10 @@ async fn subscribe(
         Err(len) => Response::All(len),
     };
     let full = matches!(frame, Response::All(_));
+    if full {
+        // It downloads what this node holds whole: its first copies count.
+        server.firsts.downloader(peer, Instant::now());
+    }
     let paid = server
         .reserve(budget, frame.held_bytes())
         .await

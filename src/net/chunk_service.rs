@@ -217,8 +217,9 @@ impl StreamPool {
     ) -> Result<Vec<u8>, NetError> {
         let mut s = self.get(peer, vec![id]).await?;
         match s.next().await {
-            Some(Ok(Some(body))) => Ok(Vec::from(body)),
-            Some(Ok(None)) => Err(NetError::NotFound),
+            Some(Ok(ChunkAnswer::Found(body))) => Ok(Vec::from(body)),
+            // One id asked alone: a deferral is as good as a miss here.
+            Some(Ok(ChunkAnswer::NotFound | ChunkAnswer::Elsewhere)) => Err(NetError::NotFound),
             Some(Err(e)) => Err(e),
             None => Err(NetError::Protocol("no answer to a get request".into())),
         }
@@ -295,6 +296,18 @@ impl StreamPool {
     }
 }
 
+/// The answer to one id of a `Get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkAnswer {
+    /// The body (not verified here).
+    Found(Bytes),
+    /// The peer lacks the chunk.
+    NotFound,
+    /// The peer holds it but sent it to another downloader moments ago:
+    /// ask other peers first, and this one again only later. Not a fault.
+    Elsewhere,
+}
+
 /// The answer to one `Get` request: one item per id asked, in order.
 pub struct ChunkStream {
     pool: Arc<StreamPool>,
@@ -314,10 +327,9 @@ impl ChunkStream {
         self
     }
 
-    /// The next answer: `Some(Ok(Some(body)))` for a chunk sent (not
-    /// verified here), `Some(Ok(None))` for one the peer lacks, `None` once
-    /// every id is answered. After an error, the rest is lost.
-    pub async fn next(&mut self) -> Option<Result<Option<Bytes>, NetError>> {
+    /// The next answer, `None` once every id is answered. After an error,
+    /// the rest is lost.
+    pub async fn next(&mut self) -> Option<Result<ChunkAnswer, NetError>> {
         if self.left == 0 {
             return None;
         }
@@ -345,9 +357,10 @@ impl ChunkStream {
                 if let Some(caps) = &self.caps {
                     caps.download(self.peer, body.len()).await;
                 }
-                Ok(Some(body))
+                Ok(ChunkAnswer::Found(body))
             }
-            Ok(Response::NotFound) => Ok(None),
+            Ok(Response::NotFound) => Ok(ChunkAnswer::NotFound),
+            Ok(Response::Elsewhere) => Ok(ChunkAnswer::Elsewhere),
             Ok(_) => Err(NetError::Protocol(
                 "wrong response kind to a get request".into(),
             )),

@@ -91,7 +91,7 @@ pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 pub use caps::CapsStats;
 pub use chunk_board::{Bitmap, BoardHandle, HaveBoard, HaveMap};
 pub use chunk_protocol::{MAX_CHUNK_LEN, MAX_GET_IDS, MAX_HAVE_IDS};
-pub use chunk_service::{ChunkStream, HaveSubscription, HaveUpdate};
+pub use chunk_service::{ChunkAnswer, ChunkStream, HaveSubscription, HaveUpdate};
 pub use client::Client;
 pub use discovery::provider_key;
 pub use event_loop::EventLoop;

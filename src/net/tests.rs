@@ -166,7 +166,10 @@ async fn fetch_roundtrip(listen: Multiaddr) {
         .unwrap();
     let mut got = Vec::new();
     while let Some(r) = batch.next().await {
-        got.push(r.unwrap().map(|b| b.len()));
+        got.push(match r.unwrap() {
+            ChunkAnswer::Found(b) => Some(b.len()),
+            _ => None,
+        });
     }
     assert_eq!(got, vec![Some(10), None, Some(body.len()), Some(10)]);
     assert!(matches!(
@@ -262,6 +265,45 @@ async fn have_map_subscriptions() {
     rest.sort_unstable();
     assert_eq!(rest, vec![0, 2, 4, 6, 7, 8, 9]);
     assert_eq!(s.next().await.unwrap(), None);
+}
+
+/// A source that several downloaders subscribe to sends its first copy of
+/// a chunk to one of them and sends the others elsewhere, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_sends_each_first_copy_to_one_downloader() {
+    let mut provider = MapProvider::default();
+    provider.chunks.insert(id(1), Bytes::from(vec![1u8; 1000]));
+    provider.maps.insert(id(8), HaveMap::All(1));
+    let a = start(config(vec![tcp_addr()], false), provider);
+    let (b, c, d) = (
+        start(config(vec![tcp_addr()], false), MapProvider::default()),
+        start(config(vec![tcp_addr()], false), MapProvider::default()),
+        start(config(vec![tcp_addr()], false), MapProvider::default()),
+    );
+    let pa = a.client.local_peer_id();
+    for n in [&b, &c, &d] {
+        connect(n, &a).await;
+    }
+    let answer = |n: &Node| {
+        let client = n.client.clone();
+        async move {
+            let mut s = client.fetch_chunks(pa, vec![id(1)]).await.unwrap();
+            s.next().await.unwrap().unwrap()
+        }
+    };
+    // d never subscribed (it asks about ids): always served.
+    assert!(matches!(answer(&d).await, ChunkAnswer::Found(_)));
+    for n in [&b, &c] {
+        let mut s = n.client.subscribe_have(pa, id(8), 1).await.unwrap();
+        assert_eq!(s.next().await.unwrap(), Some(HaveUpdate::All));
+    }
+    assert!(matches!(answer(&b).await, ChunkAnswer::Found(_)));
+    assert_eq!(answer(&c).await, ChunkAnswer::Elsewhere);
+    assert!(
+        matches!(answer(&c).await, ChunkAnswer::Found(_)),
+        "asked again"
+    );
+    assert!(matches!(answer(&b).await, ChunkAnswer::Found(_)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

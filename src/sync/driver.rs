@@ -28,7 +28,7 @@ use super::order::{OrderRef, Wanted};
 use super::scheduler::{Action, Delivery, Event, Scheduler};
 use super::{Offence, PeerAccounting, Progress, SyncError};
 use crate::hash::Hash;
-use crate::net::{self, BoardHandle, HaveUpdate, NetError};
+use crate::net::{self, BoardHandle, ChunkAnswer, HaveUpdate, NetError};
 use crate::store::Store;
 use crate::task::{blocking, TaskFailed};
 
@@ -284,6 +284,8 @@ impl Driver<'_> {
                         self.accounting.offence(peer, Offence::FalseHave);
                     }
                     Delivery::Verified(_) => self.accounting.delivered(peer),
+                    // It gave its first copy to another downloader: no fault.
+                    Delivery::Elsewhere => {}
                 }
                 let event = Event::Chunk {
                     peer,
@@ -457,11 +459,12 @@ async fn fetch_batch(
     let mut waited = Some(sent.elapsed());
     for (k, (&index, id)) in indices.iter().zip(ids).enumerate() {
         let result = match stream.next().await {
-            Some(Ok(Some(body))) => match verify(Vec::from(body), id).await {
+            Some(Ok(ChunkAnswer::Found(body))) => match verify(Vec::from(body), id).await {
                 Ok(result) => result,
                 Err(e) => Err(NetError::Stream(e.to_string())),
             },
-            Some(Ok(None)) => Ok(Delivery::NotFound),
+            Some(Ok(ChunkAnswer::NotFound)) => Ok(Delivery::NotFound),
+            Some(Ok(ChunkAnswer::Elsewhere)) => Ok(Delivery::Elsewhere),
             Some(Err(e)) => Err(e),
             None => Err(NetError::Protocol("answer ended early".into())),
         };

@@ -113,13 +113,17 @@ pub(super) struct Peer {
     /// Entries go stale (chunk taken, class changed) and are skipped when
     /// popped, so keeping them right costs nothing per event.
     pub stacks: [Vec<u32>; CLASSES],
-    /// Requests in flight: chunk -> its length and when it was asked.
-    pub inflight: HashMap<u32, (u32, Instant)>,
+    /// Requests in flight: chunk -> its length, when it was asked, and how
+    /// long it should take given the bytes queued here before it.
+    pub inflight: HashMap<u32, (u32, Instant, Duration)>,
     pub inflight_bytes: u64,
     /// Requests given up as late but not answered: they occupy the peer's
     /// window, not the download.
     pub late: HashMap<u32, u32>,
     pub late_bytes: u64,
+    /// Chunks it sent elsewhere (it gave its first copy to another
+    /// downloader), and until when not to ask it for them again.
+    pub declined: HashMap<u32, Instant>,
     /// Seconds to a first answer (biased to the minimum seen).
     latency: f64,
     /// Bytes per second while busy (moving average); 0 until measured.
@@ -149,6 +153,7 @@ impl Peer {
             inflight_bytes: 0,
             late: HashMap::new(),
             late_bytes: 0,
+            declined: HashMap::new(),
             latency: rtt.map_or(DEFAULT_LATENCY, |r| r.as_secs_f64().max(0.0001)),
             rate: 0.0,
             sample: None,
@@ -224,14 +229,17 @@ impl Peer {
     }
 
     /// How long the request for chunk `i` has waited here, if there is one,
-    /// and how long it should take on its own: the endgame duplicates it
-    /// once it has waited twice that.
+    /// and how long it should take: on its own, or behind the bytes queued
+    /// here when it was sent if that is longer. The endgame duplicates it
+    /// once it has waited twice that, so a request that is merely queued
+    /// behind others (a window of many MiB) is not asked twice.
     pub fn waiting(&self, i: u32, now: Instant) -> Option<(Duration, Duration)> {
-        let (len, sent) = self.inflight.get(&i)?;
+        let (len, sent, queued) = self.inflight.get(&i)?;
         let alone = self.latency + f64::from(*len) / self.rate();
+        let should = alone.max(queued.as_secs_f64());
         Some((
             now.saturating_duration_since(*sent),
-            Duration::from_secs_f64((2.0 * alone).min(MAX_SECS)),
+            Duration::from_secs_f64((2.0 * should).min(MAX_SECS)),
         ))
     }
 
@@ -251,7 +259,10 @@ impl Peer {
             self.last_progress = now;
             self.sample = None;
         }
-        if self.inflight.insert(i, (len, now)).is_none() {
+        let should = Duration::from_secs_f64(
+            (self.latency + (self.queued() + u64::from(len)) as f64 / self.rate()).min(MAX_SECS),
+        );
+        if self.inflight.insert(i, (len, now, should)).is_none() {
             self.inflight_bytes += u64::from(len);
         }
         self.biggest = self.biggest.max(len);
@@ -261,7 +272,7 @@ impl Peer {
     /// was in flight, `Some(true)` if it had been given up as late, `None`
     /// if no such request was known.
     pub fn finish(&mut self, i: u32) -> Option<bool> {
-        if let Some((len, _)) = self.inflight.remove(&i) {
+        if let Some((len, _, _)) = self.inflight.remove(&i) {
             self.inflight_bytes -= u64::from(len);
             return Some(false);
         }
@@ -299,6 +310,19 @@ impl Peer {
         }
     }
 
+    /// It answered `Elsewhere` for chunk `i` at `now`: an answer (progress,
+    /// not a failure), and the chunk is not asked of it again before
+    /// `until`.
+    pub fn decline(&mut self, i: u32, now: Instant, until: Instant) {
+        self.last_progress = now;
+        self.declined.insert(i, until);
+    }
+
+    /// Whether it sent chunk `i` elsewhere and is not to be asked yet.
+    pub fn declines(&self, i: u32, now: Instant) -> bool {
+        self.declined.get(&i).is_some_and(|&t| t > now)
+    }
+
     /// A request failed at `now`: after [`MAX_FAILURES`] in a row the peer
     /// is benched for [`BENCH`].
     pub fn failed(&mut self, now: Instant) {
@@ -329,7 +353,7 @@ impl Peer {
     pub fn give_up(&mut self, now: Instant) -> Vec<u32> {
         let waited = now.saturating_duration_since(self.last_progress);
         let out: Vec<u32> = self.inflight.keys().copied().collect();
-        for (i, (len, _)) in self.inflight.drain() {
+        for (i, (len, _, _)) in self.inflight.drain() {
             self.late.insert(i, len);
         }
         self.late_bytes += self.inflight_bytes;

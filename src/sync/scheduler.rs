@@ -27,7 +27,12 @@
 //!    longer, so the source is the holder of last resort); the chunks
 //!    pulled for a peer leave as one batch;
 //! 4. once every chunk left is in flight, a request that waits longer than
-//!    it should gets a second on another holder with room (endgame).
+//!    it should gets a second on another holder with room (endgame);
+//! 5. a peer that answers `Elsewhere` for a chunk (a source that just gave
+//!    its first copy to another downloader) is not asked for it again for
+//!    [`DECLINE_WAIT`]: the chunk goes to the mirror that got it once that
+//!    one announces it, or back to the source after the wait, which then
+//!    serves it. Not a failure: the peer keeps its requests.
 //!
 //! Requests to a peer that make no progress for its deadline are given up
 //! before step 3, so their chunks are asked of other holders. A chunk whose
@@ -41,7 +46,6 @@ use libp2p::PeerId;
 use super::peers::{Peer, Peers};
 use crate::hash::Hash;
 use crate::manifest::ChunkRef;
-use crate::net::MAX_HAVE_IDS;
 
 mod holders;
 mod picks;
@@ -51,7 +55,7 @@ pub(crate) use pool::Pool;
 /// How often the peer list is refreshed (and polled peers asked again).
 pub(super) const REFRESH: Duration = Duration::from_millis(250);
 /// ... every second while more than [`LARGE`] chunks are needed: polled
-/// peers are asked about up to [`MAX_HAVE_IDS`] ids each time.
+/// peers are asked about up to [`MAX_HAVE_IDS`](crate::net::MAX_HAVE_IDS) ids each time.
 const REFRESH_LARGE: Duration = Duration::from_secs(1);
 /// Needed chunks above which [`REFRESH_LARGE`] applies.
 const LARGE: usize = 16_384;
@@ -67,6 +71,11 @@ const MAX_BUFFERED: usize = 2 * WRITE_BATCH;
 /// waited twice as long as it should, and at least this long: so a small
 /// download does not ask for everything twice.
 const ENDGAME_WAIT: Duration = Duration::from_millis(50);
+/// A chunk a peer sent elsewhere is not asked of it again for this long:
+/// time for the downloader that got the first copy to announce it. The
+/// source answers the next request for it (within at most one more refresh),
+/// so a deferral delays a chunk, never withholds it.
+pub(super) const DECLINE_WAIT: Duration = Duration::from_secs(4);
 /// Chunks examined per poll at most: bounds the work of one poll whatever
 /// the number of chunks.
 pub(super) const PICKS_PER_POLL: usize = 16_384;
@@ -149,6 +158,9 @@ pub(crate) enum Delivery {
     WrongBytes,
     /// The peer does not hold the chunk after all.
     NotFound,
+    /// The peer holds it but asks to be asked later (it sent its first copy
+    /// to another downloader, which will serve it).
+    Elsewhere,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -157,6 +169,7 @@ impl std::fmt::Debug for Delivery {
             Delivery::Verified(data) => write!(f, "Verified({} bytes)", data.len()),
             Delivery::WrongBytes => f.write_str("WrongBytes"),
             Delivery::NotFound => f.write_str("NotFound"),
+            Delivery::Elsewhere => f.write_str("Elsewhere"),
         }
     }
 }
@@ -171,7 +184,7 @@ pub(crate) enum Action {
     AskHave {
         /// Whom to ask.
         peer: PeerId,
-        /// The chunk indices, at most [`MAX_HAVE_IDS`].
+        /// The chunk indices, at most [`MAX_HAVE_IDS`](crate::net::MAX_HAVE_IDS).
         indices: Vec<u32>,
         /// Their ids, in the same order.
         ids: Vec<Hash>,
@@ -403,6 +416,12 @@ impl Scheduler {
                 }
                 self.ended_without(i, late);
             }
+            Delivery::Elsewhere => {
+                if let Some(p) = self.peers.map.get_mut(&peer) {
+                    p.decline(i, now, now + DECLINE_WAIT);
+                }
+                self.ended_without(i, late);
+            }
         }
         0
     }
@@ -489,6 +508,10 @@ impl Scheduler {
         let mut moved = Vec::new();
         for (id, p) in &mut self.peers.map {
             self.work += 1;
+            if !p.declined.is_empty() {
+                self.work += p.declined.len() as u64;
+                p.declined.retain(|_, t| *t > now);
+            }
             if p.overdue_at().is_some_and(|t| t <= now) {
                 tracing::debug!(peer = %id, chunks = p.inflight.len(), "requests late; asking other holders");
                 moved.extend(p.give_up(now));
@@ -496,51 +519,6 @@ impl Scheduler {
         }
         for i in moved {
             self.release_one(i);
-        }
-    }
-
-    /// Asks each polled peer without an answer pending about the next
-    /// slice of the chunks not yet received.
-    fn ask_polled(&mut self, out: &mut Vec<Action>) {
-        let targets: Vec<PeerId> = self
-            .peers
-            .map
-            .iter()
-            .filter(|(_, p)| p.polled && !p.poll_pending && !p.is_seeder())
-            .map(|(id, _)| *id)
-            .collect();
-        if targets.is_empty() {
-            return;
-        }
-        let total = self.needed.len() + self.flying.len();
-        let take = total.min(MAX_HAVE_IDS);
-        let mut indices = Vec::with_capacity(take);
-        for k in 0..take {
-            let at = (self.poll_cursor + k) % total.max(1);
-            let i = match self.needed.items().get(at) {
-                Some(&i) => i,
-                None => self.flying.items()[at - self.needed.len()],
-            };
-            indices.push(i);
-        }
-        self.work += take as u64;
-        self.poll_cursor = (self.poll_cursor + take) % total.max(1);
-        if indices.is_empty() {
-            return;
-        }
-        let ids: Vec<Hash> = indices
-            .iter()
-            .map(|&i| self.chunks[i as usize].id)
-            .collect();
-        for peer in targets {
-            if let Some(p) = self.peers.map.get_mut(&peer) {
-                p.poll_pending = true;
-            }
-            out.push(Action::AskHave {
-                peer,
-                indices: indices.clone(),
-                ids: ids.clone(),
-            });
         }
     }
 

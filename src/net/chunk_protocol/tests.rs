@@ -56,6 +56,7 @@ async fn requests_round_trip() {
 #[tokio::test]
 async fn responses_round_trip() {
     resp_round_trip(Response::NotFound, None).await;
+    resp_round_trip(Response::Elsewhere, None).await;
     resp_round_trip(Response::Found(Bytes::new()), None).await;
     resp_round_trip(
         Response::Found((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>().into()),
@@ -245,11 +246,17 @@ async fn test_vectors() {
         hex::encode(&get),
         format!("0100000002{}{}", hello.to_hex(), "55".repeat(32))
     );
+    let one = encode_request(&Request::Get(vec![hello])).unwrap();
+    assert_eq!(hex::encode(&one), format!("0100000001{}", hello.to_hex()));
     let sub = encode_request(&Request::Subscribe(h(0xab))).unwrap();
     assert_eq!(hex::encode(&sub), format!("04{}", "ab".repeat(32)));
     let found = response_bytes(&Response::Found(Bytes::from_static(b"hello"))).await;
     assert_eq!(hex::encode(found), "010000000568656c6c6f");
     assert_eq!(hex::encode(response_bytes(&Response::NotFound).await), "02");
+    assert_eq!(
+        hex::encode(response_bytes(&Response::Elsewhere).await),
+        "08"
+    );
     // Chunks 0, 2 and 9 of 10 held.
     let map = response_bytes(&Response::Map(bitmap(10, &[0, 2, 9]))).await;
     assert_eq!(hex::encode(map), "050000000a0502");

@@ -1,11 +1,14 @@
 //! Who holds what: the peer list, have-map updates and what follows from
-//! them (holder counts, orphans, candidate stacks), seeders, bans.
+//! them (holder counts, orphans, candidate stacks), polls of peers without
+//! a map, seeders, bans.
 
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::{Scheduler, Slot};
+use super::{Action, Scheduler, Slot};
+use crate::hash::Hash;
+use crate::net::MAX_HAVE_IDS;
 use crate::sync::peers::{class, Bits, Peer};
 
 impl Scheduler {
@@ -129,6 +132,51 @@ impl Scheduler {
             if self.state[i as usize] != Slot::Done {
                 self.learn(peer, i, true);
             }
+        }
+    }
+
+    /// Asks each polled peer without an answer pending about the next
+    /// slice of the chunks not yet received.
+    pub(super) fn ask_polled(&mut self, out: &mut Vec<Action>) {
+        let targets: Vec<PeerId> = self
+            .peers
+            .map
+            .iter()
+            .filter(|(_, p)| p.polled && !p.poll_pending && !p.is_seeder())
+            .map(|(id, _)| *id)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let total = self.needed.len() + self.flying.len();
+        let take = total.min(MAX_HAVE_IDS);
+        let mut indices = Vec::with_capacity(take);
+        for k in 0..take {
+            let at = (self.poll_cursor + k) % total.max(1);
+            let i = match self.needed.items().get(at) {
+                Some(&i) => i,
+                None => self.flying.items()[at - self.needed.len()],
+            };
+            indices.push(i);
+        }
+        self.work += take as u64;
+        self.poll_cursor = (self.poll_cursor + take) % total.max(1);
+        if indices.is_empty() {
+            return;
+        }
+        let ids: Vec<Hash> = indices
+            .iter()
+            .map(|&i| self.chunks[i as usize].id)
+            .collect();
+        for peer in targets {
+            if let Some(p) = self.peers.map.get_mut(&peer) {
+                p.poll_pending = true;
+            }
+            out.push(Action::AskHave {
+                peer,
+                indices: indices.clone(),
+                ids: ids.clone(),
+            });
         }
     }
 

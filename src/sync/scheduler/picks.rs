@@ -87,7 +87,7 @@ impl Scheduler {
     }
 
     /// A seeder pulls what no other peer holds, then what the holders
-    /// cannot deliver sooner.
+    /// cannot deliver sooner; never what it sent elsewhere lately.
     pub(super) fn pull_seeder(
         &mut self,
         id: PeerId,
@@ -95,21 +95,55 @@ impl Scheduler {
         budget: &mut usize,
         batches: &mut HashMap<PeerId, Vec<u32>>,
     ) {
+        let mut cursor = Cursor::Orphans(self.orphans.len());
         while *budget > 0 && self.has_space(&id, now) {
-            *budget -= 1;
-            self.work += 1;
-            let i = match self.orphans.any() {
-                Some(i) => i,
-                None => match self.needed.any() {
-                    Some(i) => i,
-                    None => return,
-                },
+            let Some(i) = self.seeder_candidate(&id, now, budget, &mut cursor) else {
+                return;
             };
             match self.best_holder(i, now, &[]) {
                 Some(to) => self.assign(i, to, now, batches),
                 None => return,
             }
         }
+    }
+
+    /// The next chunk seeder `id` may be asked for: the orphans from the
+    /// top of their pool down, then the other needed chunks, skipping those
+    /// it declined. Each chunk examined costs one of `budget`. Taking the
+    /// chunk returned out of its pool moves only chunks already examined
+    /// (the pool's last) into its place, so the cursor stays right.
+    fn seeder_candidate(
+        &mut self,
+        id: &PeerId,
+        now: Instant,
+        budget: &mut usize,
+        cursor: &mut Cursor,
+    ) -> Option<u32> {
+        let p = self.peers.map.get(id)?;
+        while *budget > 0 {
+            let (pool, left) = match cursor {
+                Cursor::Orphans(0) => {
+                    *cursor = Cursor::Needed(self.needed.len());
+                    continue;
+                }
+                Cursor::Needed(0) => return None,
+                Cursor::Orphans(left) => (&self.orphans, left),
+                Cursor::Needed(left) => (&self.needed, left),
+            };
+            let n = (*left).min(pool.len());
+            if n == 0 {
+                *left = 0;
+                continue;
+            }
+            *budget -= 1;
+            self.work += 1;
+            *left = n - 1;
+            let i = pool.items()[*left];
+            if !p.declines(i, now) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// The holder of chunk `i` with room that is expected to deliver it
@@ -132,7 +166,12 @@ impl Scheduler {
         let mut best_seeder: Option<(f64, PeerId)> = None;
         for (id, p) in &self.peers.map {
             self.work += 1;
-            if !p.holds(i) || exclude.contains(id) || p.benched(now) || p.late.contains_key(&i) {
+            if !p.holds(i)
+                || exclude.contains(id)
+                || p.benched(now)
+                || p.late.contains_key(&i)
+                || p.declines(i, now)
+            {
                 continue;
             }
             let t = p.expected(len);
@@ -206,4 +245,11 @@ impl Scheduler {
         }
         batches.entry(peer).or_default().push(i);
     }
+}
+
+/// Where a seeder's scan of the needed chunks stands: the items of the
+/// pool not examined yet are those below the count.
+enum Cursor {
+    Orphans(usize),
+    Needed(usize),
 }

@@ -63,11 +63,6 @@ impl Pool {
         true
     }
 
-    /// Some member, without removing it.
-    pub fn any(&self) -> Option<u32> {
-        self.items.last().copied()
-    }
-
     pub fn len(&self) -> usize {
         self.items.len()
     }

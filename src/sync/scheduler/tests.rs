@@ -6,6 +6,9 @@ use std::collections::{HashMap, HashSet};
 use super::*;
 use crate::sync::peers::{BENCH, MAX_FAILURES, MIN_DEADLINE, MIN_WINDOW};
 
+mod deferral;
+mod endgame;
+
 const KIB: u32 = 1 << 10;
 const MIB: u32 = 1 << 20;
 
@@ -323,7 +326,8 @@ fn the_endgame_duplicates_requests_and_counts_the_chunk_once() {
     // second request there once it is slow.
     h.add(b, &[0, 1]);
     assert!(h.fetches().is_empty(), "not at once");
-    h.advance(Duration::from_secs(1));
+    // Past twice the time the second should take behind the first.
+    h.advance(ms(1100));
     let dup = h.fetches();
     assert_eq!(per_peer(&dup).get(&b), Some(&2), "{dup:?}");
     assert_eq!(h.deliver(a, 0), u64::from(MIB));
