@@ -37,6 +37,34 @@ pub const MAX_FILE_SIZE: u64 = 1 << 50;
 /// Largest version in total: 4 PiB.
 pub const MAX_TOTAL_SIZE: u64 = 1 << 52;
 
+/// Most pieces an encoded manifest is cut into for transfer: what one
+/// `ManifestChunks` answer may list (the chunk protocol's limit).
+pub const MAX_PIECES: u64 = 65_536;
+/// Smallest cut of a manifest's transfer chunker: manifests up to
+/// `MAX_PIECES` times this (256 MiB, some 2.5 million files) are cut this
+/// fine.
+const PIECE_MIN: u32 = 4096;
+
+/// How an encoded manifest of `size` bytes is cut into chunks for transfer:
+/// small content-defined pieces (4 / 16 / 64 KiB), so that a few changed
+/// entries change a few pieces and a mirror fetches little of a new
+/// version's manifest; coarser in powers of two past 256 MiB, so every
+/// piece but the last is at least `size / MAX_PIECES` and the list always
+/// fits one `ManifestChunks` answer. Receivers never re-cut: only the
+/// publisher's choice, not the protocol, depends on this.
+pub fn transfer_chunker(size: u64) -> ChunkerParams {
+    let floor = size.div_ceil(MAX_PIECES).next_power_of_two();
+    let min = u32::try_from(floor)
+        .unwrap_or(u32::MAX)
+        .clamp(PIECE_MIN, crate::chunk::MAX_CHUNK_LEN / 16);
+    ChunkerParams {
+        algorithm: crate::chunk::ALGORITHM.to_string(),
+        min,
+        avg: min * 4,
+        max: min * 16,
+    }
+}
+
 /// A reference to one chunk of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {

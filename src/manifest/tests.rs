@@ -369,3 +369,72 @@ fn timestamps_convert_both_ways() {
         }
     );
 }
+
+/// Every manifest size an announcement allows is cut into pieces that fit
+/// one chunk list, with a chunker a node accepts.
+#[test]
+fn transfer_pieces_always_fit_one_list() {
+    let max = crate::announce::MAX_MANIFEST_SIZE;
+    for size in [
+        1,
+        4096,
+        10 << 20,
+        256 << 20,
+        (256 << 20) + 1,
+        1 << 30,
+        max - 1,
+        max,
+    ] {
+        let c = transfer_chunker(size);
+        assert!(c.is_supported(), "{size}: {c:?}");
+        // Every piece but the last is at least `min` bytes.
+        assert!(
+            size.div_ceil(u64::from(c.min)) <= MAX_PIECES,
+            "{size}: {c:?}"
+        );
+    }
+    assert_eq!(transfer_chunker(100 << 20).avg, 16 << 10);
+    assert_eq!(transfer_chunker(max).min, 64 << 10);
+}
+
+/// Ten scattered entries of a 100,000-file manifest change: few of its
+/// transfer pieces change (the default file chunker, 1 MiB on average,
+/// changed nearly all of them).
+#[test]
+fn a_few_changed_entries_change_a_few_pieces() {
+    let entries = |changed: &[usize]| {
+        (0..100_000)
+            .map(|i| {
+                let body = if changed.contains(&i) {
+                    format!("new {i}")
+                } else {
+                    format!("file {i}")
+                };
+                file(&format!("d{:03}/f{i:06}", i % 100), body.as_bytes())
+            })
+            .collect::<Vec<_>>()
+    };
+    let pieces = |m: &Manifest| {
+        let bytes = m.encode();
+        let chunker = transfer_chunker(bytes.len() as u64);
+        let cut = crate::chunk::chunks(&bytes[..], Some(bytes.len() as u64), &chunker);
+        cut.map(|c| {
+            let c = c.unwrap();
+            (c.id, c.data.len() as u64)
+        })
+        .collect::<std::collections::HashMap<_, _>>()
+    };
+    let old = Manifest::new(entries(&[]), ChunkerParams::default());
+    let changed: Vec<usize> = (0..10).map(|k| 7 + k * 9_973).collect();
+    let new = Manifest::new(entries(&changed), ChunkerParams::default());
+    let (before, after) = (pieces(&old), pieces(&new));
+    let size: u64 = after.values().sum();
+    let moved: u64 = after
+        .iter()
+        .filter(|(id, _)| !before.contains_key(id))
+        .map(|(_, len)| len)
+        .sum();
+    assert!(size > 8 << 20, "{size}");
+    // About two pieces of 16 KiB per change; 3% leaves room for chance.
+    assert!(moved * 100 <= size * 3, "{moved} of {size} bytes changed");
+}

@@ -50,9 +50,10 @@ pub const MAX_HAVE_IDS: usize = 65_536;
 /// keep a link busy with 2 KiB chunks for a while.
 pub const MAX_GET_IDS: usize = 8192;
 /// Most chunks an encoded manifest may be cut into on the wire. A manifest
-/// is at most 4 GiB and cut with the default chunker (at least 256 KiB a
-/// chunk but the last), so an honest list has at most 16,385 entries.
-pub const MAX_MANIFEST_CHUNKS: usize = 65_536;
+/// is at most 4 GiB and cut with [`crate::manifest::transfer_chunker`]
+/// (pieces of at least 4 KiB, and at least 1/65,536 of the manifest, but
+/// the last), so an honest list never has more.
+pub const MAX_MANIFEST_CHUNKS: usize = crate::manifest::MAX_PIECES as usize;
 /// Largest chunk order a have-map may cover: a 4 GiB manifest names fewer
 /// distinct chunks (36 bytes each), so 16 MiB of bitmap at most.
 pub const MAX_ORDER_LEN: u32 = 1 << 27;

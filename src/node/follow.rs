@@ -152,7 +152,7 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     let name = target.body.name.clone();
     let started = std::time::Instant::now();
     let down_before = me.progress.bytes_down.load(Ordering::Relaxed);
-    let m = sync::fetch_manifest(
+    sync::fetch_manifest(
         &inner.client,
         &inner.store,
         &target.body,
@@ -163,15 +163,9 @@ async fn step(inner: &Arc<Inner>, c: CollectionId, me: &Follower) -> Result<bool
     .await?;
     // A partial mirror fetches the chunks of the paths it keeps only.
     let s = inner.store.clone();
-    let m = Arc::new(m);
-    let m2 = m.clone();
     let id = target.body.manifest;
     let (missing, total) = blocking::<_, StoreError>("listing missing chunks", move || {
-        let filter = s.filter(&c)?;
-        Ok((
-            sync::Wanted::of_manifest(&s, id, &m2, &filter)?,
-            sync::needed_bytes(&m2, &filter),
-        ))
+        sync::Wanted::of_stored(&s, id, &s.filter(&c)?)
     })
     .await?;
     let lacking = missing.bytes();

@@ -384,59 +384,6 @@ impl Store {
         }
     }
 
-    /// Records a manifest whose chunks were fetched: reassembles them,
-    /// checks the hash and every manifest rule, then indexes it.
-    ///
-    /// `chunks` comes from a peer: each chunk must have the length listed
-    /// and the bytes may never exceed `size` (the announced, signed size),
-    /// so a list naming a large chunk many times with small lengths cannot
-    /// make reassembly hold more than `size` bytes.
-    pub fn assemble_manifest(&self, id: &Hash, size: u64, chunks: &[ChunkRef]) -> Result<Manifest> {
-        let false_list = |why: String| StoreError::CorruptChunk {
-            id: *id,
-            why: format!("manifest chunk list: {why}"),
-        };
-        let listed: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
-        if listed != size {
-            return Err(false_list(format!(
-                "lengths add up to {listed}, not {size}"
-            )));
-        }
-        let cap = usize::try_from(size).map_err(|_| false_list(format!("size {size}")))?;
-        let mut bytes = Vec::with_capacity(cap);
-        for c in chunks {
-            let loc = self
-                .chunk_loc(&c.id)?
-                .ok_or(StoreError::MissingChunk(c.id))?;
-            if loc.len != c.len {
-                return Err(false_list(format!(
-                    "chunk {} listed with length {}, stored with {}",
-                    c.id, c.len, loc.len
-                )));
-            }
-            let data = self.read_chunk(&c.id)?;
-            if data.len() != c.len as usize || bytes.len() + data.len() > cap {
-                return Err(false_list(format!("chunk {} overruns the size", c.id)));
-            }
-            bytes.extend_from_slice(&data);
-        }
-        if bytes.len() as u64 != size || Hash::of(&bytes) != *id {
-            return Err(StoreError::CorruptChunk {
-                id: *id,
-                why: "manifest chunks do not reassemble to the announced manifest".into(),
-            });
-        }
-        let m = Manifest::decode(&bytes)?;
-        let rec = ManifestRecord {
-            size,
-            chunks: chunks.to_vec(),
-        };
-        self.manifests
-            .insert(id.as_bytes(), postcard::to_stdvec(&rec).unwrap_or_default())?;
-        self.db.flush()?;
-        Ok(m)
-    }
-
     /// Chunks of a manifest's files that are not in the store, each once.
     pub fn missing_chunks(&self, m: &Manifest) -> Result<Vec<ChunkRef>> {
         let mut seen = std::collections::HashSet::new();

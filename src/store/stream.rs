@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
 use super::{io_ctx, ManifestRecord, Result, Store, StoreError};
-use crate::chunk::{self, ChunkerParams};
+use crate::chunk;
 use crate::hash::Hash;
 use crate::manifest::stream::{EntryReader, StreamError};
 use crate::manifest::{ChunkRef, Entry};
@@ -32,7 +32,8 @@ impl Store {
             }
             Ok(())
         };
-        let read = chunk::for_each_block(bytes, Some(len), &ChunkerParams::default(), &mut add);
+        let chunker = crate::manifest::transfer_chunker(len);
+        let read = chunk::for_each_block(bytes, Some(len), &chunker, &mut add);
         read.map_err(|e| match e.downcast::<StoreError>() {
             Ok(s) => s,
             Err(e) => io_ctx("storing the manifest")(e),

@@ -1,14 +1,16 @@
 //! Fetching a version's manifest: its chunk list asked of several peers at
-//! once, its chunks from every peer that holds them, then reassembly and
-//! checks.
+//! once, its chunks from every peer that holds them, then the checks, read
+//! back from the store a chunk and an entry at a time (a manifest of a
+//! million files is some 100 MB: it is never held whole, encoded or
+//! decoded).
 //!
 //! A chunk list comes from one peer and is not signed, so it is checked
 //! before anything is fetched or read ([`check_list`]): lengths within the
 //! chunk bounds and adding up to the announced size, the lengths of chunks
 //! already held equal to what is listed, one length per id, and each
 //! missing chunk fetched once however often it is listed. A list whose
-//! chunks stop arriving is given up after [`LIST_STALL`], and reassembly
-//! never holds more than the announced size. A list found false is
+//! chunks stop arriving is given up after [`LIST_STALL`], and the checks
+//! never read more than the announced size. A list found false is
 //! reported against the peer that sent it, and another peer's list is
 //! tried.
 
@@ -24,7 +26,7 @@ use super::scheduler::REFRESH;
 use super::{fetch_chunks, Offence, PeerAccounting, Progress, SyncError};
 use crate::announce::Announcement;
 use crate::hash::Hash;
-use crate::manifest::{ChunkRef, Manifest};
+use crate::manifest::ChunkRef;
 use crate::net::{self, NetError};
 use crate::store::{Store, StoreError};
 use crate::task::{blocking, lock};
@@ -39,8 +41,10 @@ const LIST_FANOUT: usize = 4;
 /// may name chunks no one holds) and another peer's list is tried.
 pub(crate) const LIST_STALL: Duration = Duration::from_secs(15);
 
-/// Fetches the manifest of `a` from peers (unless stored) and returns it.
-/// False chunk lists are reported to `accounting`.
+/// Fetches the manifest of `a` from peers (unless stored) and records it
+/// in the store once checked; read it from there entry by entry
+/// ([`Store::manifest_entries`], [`super::Wanted::of_stored`]). False chunk
+/// lists are reported to `accounting`.
 pub async fn fetch_manifest(
     client: &net::Client,
     store: &Arc<Store>,
@@ -48,12 +52,11 @@ pub async fn fetch_manifest(
     progress: &Progress,
     cancelled: &(dyn Fn() -> bool + Sync),
     accounting: &dyn PeerAccounting,
-) -> Result<Manifest, SyncError> {
+) -> Result<(), SyncError> {
     let id = a.manifest;
     let s = store.clone();
     if blocking("checking for the manifest", move || s.has_manifest(&id)).await? {
-        let s = store.clone();
-        return Ok(blocking("reading the manifest", move || s.manifest(&id)).await?);
+        return Ok(());
     }
     let mut tried = HashSet::new();
     loop {
@@ -102,7 +105,7 @@ pub async fn fetch_manifest(
                 }
             };
             match try_list(client, store, a, refs, progress, cancelled, accounting).await {
-                Ok(m) => return Ok(m),
+                Ok(()) => return Ok(()),
                 Err(ListError::False(why)) => {
                     tracing::warn!(%peer, %why, "peer sent a false manifest chunk list");
                     accounting.offence(peer, Offence::FalseList);
@@ -128,7 +131,8 @@ enum ListError {
     Stop(SyncError),
 }
 
-/// Fetches the chunks of one peer's list and reassembles the manifest.
+/// Fetches the chunks of one peer's list, then checks and records the
+/// manifest.
 async fn try_list(
     client: &net::Client,
     store: &Arc<Store>,
@@ -137,7 +141,7 @@ async fn try_list(
     progress: &Progress,
     cancelled: &(dyn Fn() -> bool + Sync),
     accounting: &dyn PeerAccounting,
-) -> Result<Manifest, ListError> {
+) -> Result<(), ListError> {
     let size = a.manifest_size;
     let id = a.manifest;
     let s = store.clone();
@@ -184,12 +188,12 @@ async fn try_list(
         Err(e) => return Err(ListError::Stop(e)),
     }
     let s = store.clone();
-    match blocking("assembling the manifest", move || {
+    match blocking("checking the manifest", move || {
         s.assemble_manifest(&id, size, &refs)
     })
     .await
     {
-        Ok(m) => Ok(m),
+        Ok(()) => Ok(()),
         Err(StoreError::Manifest(e)) => {
             // Signed by the master yet invalid: no peer can fix that.
             tracing::warn!(error = %e, "announced manifest is invalid");
