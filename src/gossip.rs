@@ -94,6 +94,33 @@ impl GossipMessage {
 mod tests {
     use super::*;
 
+    /// protocol.md 9.6: a `Have` note of the node key with secret seed 42 x 32.
+    #[test]
+    fn have_note_test_vector() {
+        let key = libp2p::identity::Keypair::ed25519_from_bytes([42u8; 32]).unwrap();
+        let peer = key.public().to_peer_id();
+        let m = GossipMessage::Have {
+            version: 3,
+            holder: peer.to_bytes(),
+        };
+        let bytes = m.encode();
+        assert_eq!(
+            peer.to_string(),
+            "12D3KooWBXu3uGPMkjjxViK6autSnFH5QaKJgTwW8CaSxYSD6yYL"
+        );
+        assert_eq!(
+            hex::encode(&bytes),
+            "010326002408011220197f6b23e16c8532c6abc838facd5ea789be0c76b292033403\
+             9bfa8b3d368d61"
+                .replace(' ', "")
+        );
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            "fefc9e4142d088e117ab8f64d4775d5e251126e04e4e625f4ea2d1f4a19919e3"
+        );
+        assert_eq!(GossipMessage::decode(&bytes).unwrap(), m);
+    }
+
     #[test]
     fn round_trip_and_malformed() {
         for m in [

@@ -25,15 +25,12 @@ use crate::chunk::{self, Block, ChunkerParams};
 use crate::hash::Hash;
 use crate::manifest::stream::{EntryWriter, StreamError};
 use crate::manifest::{ChunkRef, Entry, EntryKind, FileMeta, ManifestError, Timestamp};
-use crate::store::{
-    Batch, CachedFile, FileStat, StatCache, StatCacheBatch, Store, StoreError, Sweep,
-};
+use crate::store::{Batch, CachedFile, FileStat, StatCacheWriter, Store, StoreError};
 
 /// Commit a batch once this many new bytes are written, so a killed publish
 /// loses little work.
 const COMMIT_BYTES: u64 = 64 << 20;
-/// ... or once this many new chunks are written (trees of small files), or
-/// this many stat cache updates wait.
+/// ... or once this many new chunks are written (trees of small files).
 const COMMIT_CHUNKS: usize = 4096;
 /// Small files gathered into one block before hashing and writing, so a
 /// tree of many small files costs one hand-off per few MiB, not per file.
@@ -61,13 +58,7 @@ pub(super) struct Source {
 }
 
 impl Source {
-    /// The stat cache key of a file: its resolved absolute path.
-    fn cache_key(&self, rel: &str) -> Vec<u8> {
-        let mut k = self.cache_prefix();
-        k.extend_from_slice(rel.as_bytes());
-        k
-    }
-
+    /// What names the tree's stat cache: its resolved absolute path.
     fn cache_prefix(&self) -> Vec<u8> {
         use std::os::unix::ffi::OsStrExt;
         let mut k = self.roots.real().as_os_str().as_bytes().to_vec();
@@ -211,10 +202,10 @@ fn read_tree(
         tx.send(work)
             .map_err(|_| io::Error::other("the chunk writer stopped"))
     };
-    let cache = if src.reread {
+    let mut cache = if src.reread {
         None
     } else {
-        Some(store.stat_cache()?)
+        Some(store.stat_cache_reader(&src.cache_prefix())?)
     };
     let mut c = Counts::default();
     let mut done = 0u64;
@@ -273,8 +264,8 @@ fn read_tree(
                     stat,
                 };
                 c.files += 1;
-                if let Some(cache) = &cache {
-                    if let Some(known) = cache.lookup(&src.cache_key(&head.path), &stat)? {
+                if let Some(cache) = &mut cache {
+                    if let Some(known) = cache.lookup(&head.path, &stat)? {
                         c.bytes += stat.size;
                         done += stat.size;
                         progress(done, total.max(done));
@@ -356,12 +347,10 @@ fn racy(s: &FileStat, started: (i64, u32)) -> bool {
 /// The writing thread's state.
 struct Writer<'s> {
     store: &'s Store,
-    src: &'s Source,
     manifest: EntryWriter,
     batch: Option<Batch<'s>>,
-    cache: Option<StatCache<'s>>,
-    sweep: Option<Sweep>,
-    updates: StatCacheBatch,
+    /// The tree's new stat cache (none in a dry run).
+    cache: Option<StatCacheWriter>,
     /// New chunks seen in a dry run (nothing is stored to remember them).
     seen: HashSet<Hash>,
     counts: Counts,
@@ -375,17 +364,16 @@ impl<'s> Writer<'s> {
         let (batch, cache) = if src.dry_run {
             (None, None)
         } else {
-            (Some(store.batch()), Some(store.stat_cache()?))
+            (
+                Some(store.batch()),
+                Some(store.stat_cache_writer(&src.cache_prefix())?),
+            )
         };
-        let sweep = cache.as_ref().map(|c| c.sweep(&src.cache_prefix()));
         Ok(Writer {
             store,
-            src,
             manifest,
             batch,
             cache,
-            sweep,
-            updates: StatCacheBatch::default(),
             seen: HashSet::new(),
             counts: Counts::default(),
             since: (0, 0),
@@ -416,17 +404,14 @@ impl<'s> Writer<'s> {
                     self.file(head, size, chunks, sum, false)?;
                 }
             }
-            if self.since.0 >= COMMIT_BYTES
-                || self.since.1 >= COMMIT_CHUNKS
-                || self.updates.len() >= COMMIT_CHUNKS
-            {
+            if self.since.0 >= COMMIT_BYTES || self.since.1 >= COMMIT_CHUNKS {
                 self.commit()?;
             }
         }
-        if let Some(sweep) = self.sweep.take() {
-            sweep.finish(&mut self.updates)?;
-        }
         self.commit()?;
+        if let Some(c) = self.cache.take() {
+            c.finish()?;
+        }
         if let Some(b) = &self.batch {
             self.counts.new_bytes = b.new_bytes();
         }
@@ -490,17 +475,15 @@ impl<'s> Writer<'s> {
         sha256: [u8; 32],
         cached: bool,
     ) -> Result<(), PublishError> {
-        if let Some(sweep) = &mut self.sweep {
-            let key = self.src.cache_key(&head.path);
-            sweep.visit(&key, &mut self.updates)?;
+        if let Some(cache) = &mut self.cache {
             // Only what was read whole, as listed, is worth remembering.
-            if !cached && head.cache && size == head.stat.size {
+            if (cached || head.cache) && size == head.stat.size {
                 let known = CachedFile {
                     stat: head.stat,
                     sha256,
                     chunks: chunks.clone(),
                 };
-                self.updates.insert(&key, &known);
+                cache.insert(&head.path, &known)?;
             }
         }
         self.entry(Entry {
@@ -530,14 +513,11 @@ impl<'s> Writer<'s> {
         })
     }
 
-    /// Makes the chunks durable and indexed, then records in the stat cache
-    /// the files they belong to.
+    /// Makes the chunks durable and indexed (the stat cache naming them is
+    /// put in place once the last commit is done).
     fn commit(&mut self) -> Result<(), PublishError> {
         if let Some(b) = &mut self.batch {
             b.commit()?;
-        }
-        if let Some(c) = &mut self.cache {
-            c.apply(&mut self.updates)?;
         }
         self.since = (0, 0);
         Ok(())

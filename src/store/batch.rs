@@ -61,16 +61,12 @@ impl Batch<'_> {
             .segs
             .sync()
             .map_err(io_ctx("syncing chunk data"))?;
-        let mut idx = sled::Batch::default();
-        for (id, loc) in self.pending.drain() {
-            idx.insert(id.as_bytes(), &loc.encode());
-        }
         for (seg, len) in synced {
             self.store
                 .segment_lens
                 .insert(seg.to_be_bytes(), &len.to_be_bytes())?;
         }
-        self.store.chunks.apply_batch(idx)?;
+        self.store.chunks.insert(self.pending.drain())?;
         self.store.db.flush()?;
         Ok(())
     }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::segments::{Loc, SEGMENT_MAGIC};
+use super::segments::SEGMENT_MAGIC;
 use super::{io_ctx, version_key, InterestState, Result, Store};
 use crate::filter::PathFilter;
 use crate::hash::Hash;
@@ -112,23 +112,20 @@ impl Store {
 
         // 3. Chunks, and the byte ranges still live in each segment.
         let mut live_ranges: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-        let mut drop = sled::Batch::default();
+        let mut drop = Vec::new();
         for kv in self.chunks.iter() {
-            let (k, v) = kv?;
-            let id = Hash(k.as_ref().try_into().unwrap_or([0; 32]));
+            let (id, loc) = kv?;
             if live_chunks.contains(&id) {
-                if let Some(loc) = Loc::decode(&v) {
-                    live_ranges
-                        .entry(loc.segment)
-                        .or_default()
-                        .push(loc.record_range());
-                }
+                live_ranges
+                    .entry(loc.segment)
+                    .or_default()
+                    .push(loc.record_range());
             } else {
-                drop.remove(k);
+                drop.push(id);
                 report.chunks_dropped += 1;
             }
         }
-        self.chunks.apply_batch(drop)?;
+        self.chunks.remove(drop)?;
         self.db.flush()?;
 
         // 4. Disk space. Later writes go to a fresh segment.

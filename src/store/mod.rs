@@ -4,13 +4,13 @@
 //! Nothing outside this module touches sled or the segment files. sled holds
 //! eight trees: `meta` (small named records of the node, e.g. the peers it
 //! knows), `follows` (collection id -> followed or not, the paths kept,
-//! peers from a ticket; see [`Interest`]), `chunks` (id -> [`Loc`]), `segments` (segment -> durable
+//! peers from a ticket; see [`Interest`]), `chunk_index` (chunk ids -> [`Loc`], in buckets: see [`index`]), `segments` (segment -> durable
 //! length), `manifests` (manifest id -> the chunks of its encoding),
 //! `collections` (collection id -> name, current and newest accepted
 //! version), `versions` (collection id + version -> signed announcement) and
 //! `switches` (collection id -> the version current before the last switch,
 //! and when it happened, for readers that serve the previous version for a
-//! while), plus `statcache` for publish ([`StatCache`]).
+//! while), and publish's stat cache is in files of its own ([`StatCacheReader`]).
 //!
 //! Crash safety follows from the order of writes: chunk bytes are appended
 //! and fsynced before their index entries are written and flushed
@@ -22,6 +22,7 @@ mod batch;
 mod export;
 mod follows;
 mod gc;
+mod index;
 mod lease;
 mod segments;
 mod space;
@@ -49,12 +50,13 @@ pub use batch::Batch;
 pub use export::ExportReport;
 pub use follows::{Interest, InterestState};
 pub use gc::GcReport;
+use index::ChunkIndex;
 pub use lease::ReadLease;
 pub use segments::Loc;
 use segments::Segments;
 pub(crate) use space::mib;
 pub use space::{Fit, DISK_RESERVE};
-pub use statcache::{CachedFile, FileStat, StatCache, StatCacheBatch, Sweep};
+pub use statcache::{CachedFile, FileStat, StatCacheReader, StatCacheWriter};
 pub use stream::{ManifestBytes, ManifestEntries};
 pub use verify::{Problem, VerifyReport};
 use versions::version_key;
@@ -178,7 +180,7 @@ pub struct StoreStats {
 pub struct Store {
     root: PathBuf,
     db: sled::Db,
-    chunks: sled::Tree,
+    chunks: ChunkIndex,
     segment_lens: sled::Tree,
     manifests: sled::Tree,
     collections: sled::Tree,
@@ -210,6 +212,7 @@ impl Store {
             .path(root.join("index"))
             .cache_capacity(16 << 20)
             .open()?;
+        Store::tidy_stat_cache(&db, root)?;
         let segment_lens = db.open_tree("segments")?;
         let mut durable = HashMap::new();
         for kv in segment_lens.iter() {
@@ -220,7 +223,7 @@ impl Store {
             .map_err(io_ctx("opening segment files"))?;
         let store = Store {
             root: root.to_path_buf(),
-            chunks: db.open_tree("chunks")?,
+            chunks: ChunkIndex::open(&db)?,
             manifests: db.open_tree("manifests")?,
             collections: db.open_tree("collections")?,
             versions: db.open_tree("versions")?,
@@ -260,17 +263,12 @@ impl Store {
 
     /// Where a chunk's body lives, if it is indexed.
     pub fn chunk_loc(&self, id: &Hash) -> Result<Option<Loc>> {
-        match self.chunks.get(id.as_bytes())? {
-            None => Ok(None),
-            Some(v) => Loc::decode(&v)
-                .map(Some)
-                .ok_or_else(|| StoreError::CorruptIndex(format!("location of chunk {id}"))),
-        }
+        self.chunks.get(id)
     }
 
     /// Whether a chunk is indexed.
     pub fn has_chunk(&self, id: &Hash) -> Result<bool> {
-        Ok(self.chunks.contains_key(id.as_bytes())?)
+        self.chunks.contains(id)
     }
 
     /// Reads a chunk and checks it hashes to `id`.
@@ -299,7 +297,7 @@ impl Store {
             Ok(_) | Err(StoreError::MissingChunk(_)) => Ok(false),
             Err(StoreError::CorruptChunk { why, .. }) => {
                 tracing::warn!(chunk = %id, %why, "dropping corrupt chunk from the index");
-                self.chunks.remove(id.as_bytes())?;
+                self.chunks.remove([*id])?;
                 self.db.flush()?;
                 Ok(true)
             }
@@ -402,9 +400,9 @@ impl Store {
     pub fn stats(&self) -> Result<StoreStats> {
         let mut s = StoreStats::default();
         for kv in self.chunks.iter() {
-            let (_, v) = kv?;
+            let (_, loc) = kv?;
             s.chunks += 1;
-            s.chunk_bytes += Loc::decode(&v).map_or(0, |l| l.len as u64);
+            s.chunk_bytes += loc.len as u64;
         }
         s.disk_bytes = self
             .segs

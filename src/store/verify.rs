@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use super::segments::Loc;
 use super::{Result, Store};
 use crate::hash::Hash;
 use crate::manifest::EntryKind;
@@ -86,19 +85,14 @@ impl Store {
         let mut corrupt: HashMap<Hash, (String, Option<String>)> = HashMap::new();
         let mut corrupt_order = Vec::new();
         for kv in self.chunks.iter() {
-            let (k, v) = kv?;
-            let id = Hash(k.as_ref().try_into().unwrap_or([0; 32]));
-            let why = match Loc::decode(&v) {
-                None => Some("index entry does not decode".to_string()),
-                Some(loc) => match self.segs.read(loc) {
-                    Err(e) => Some(format!("unreadable: {e}")),
-                    Ok(data) => {
-                        report.chunks_checked += 1;
-                        report.bytes_checked += data.len() as u64;
-                        (Hash::of(&data) != id)
-                            .then(|| "bytes do not hash to the chunk id".to_string())
-                    }
-                },
+            let (id, loc) = kv?;
+            let why = match self.segs.read(loc) {
+                Err(e) => Some(format!("unreadable: {e}")),
+                Ok(data) => {
+                    report.chunks_checked += 1;
+                    report.bytes_checked += data.len() as u64;
+                    (Hash::of(&data) != id).then(|| "bytes do not hash to the chunk id".to_string())
+                }
             };
             if let Some(why) = why {
                 corrupt.insert(id, (why, None));
@@ -200,10 +194,8 @@ impl Store {
         }
         report.problems.extend(missing);
         if repair {
-            for id in &corrupt_order {
-                self.chunks.remove(id.as_bytes())?;
-                report.repaired += 1;
-            }
+            self.chunks.remove(corrupt_order.iter().copied())?;
+            report.repaired += corrupt_order.len() as u64;
             self.db.flush()?;
         }
         Ok(report)
