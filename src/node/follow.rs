@@ -90,7 +90,7 @@ async fn repair(
     let s = inner.store.clone();
     let id = cur.body.manifest;
     let missing = blocking::<_, StoreError>("checking the current version", move || {
-        s.missing_wanted(&s.manifest(&id)?, &s.filter(&c)?)
+        s.missing_wanted(&id, &s.filter(&c)?)
     })
     .await?;
     if missing.is_empty() {

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Result, Store, StoreError};
 use crate::filter::PathFilter;
+use crate::hash::Hash;
 use crate::keys::CollectionId;
-use crate::manifest::{ChunkRef, Manifest};
+use crate::manifest::ChunkRef;
 
 /// Whether a collection is followed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,18 +138,23 @@ impl Store {
         Ok(self.interest(id)?.map(|i| i.filter()).unwrap_or_default())
     }
 
-    /// Chunks of the files of `m` that `filter` keeps and the store lacks,
-    /// each once.
-    pub fn missing_wanted(&self, m: &Manifest, filter: &PathFilter) -> Result<Vec<ChunkRef>> {
-        if filter.is_all() {
-            return self.missing_chunks(m);
-        }
+    /// Chunks of stored manifest `id` that a node with `filter` needs and
+    /// the store lacks, each once. The manifest is read an entry at a time
+    /// and only missing chunks are remembered, so memory follows what is
+    /// missing, not the number of files.
+    pub fn missing_wanted(&self, id: &Hash, filter: &PathFilter) -> Result<Vec<ChunkRef>> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for (_, _, chunks) in crate::filter::needed_files(m, filter) {
-            for c in chunks {
-                if seen.insert(c.id) && !self.has_chunk(&c.id)? {
-                    out.push(*c);
+        for e in self.manifest_entries(id)? {
+            let e = e?;
+            if let crate::manifest::EntryKind::File { chunks, .. } = &e.kind {
+                if !filter.wants(&e.path) {
+                    continue;
+                }
+                for c in chunks {
+                    if !self.has_chunk(&c.id)? && seen.insert(c.id) {
+                        out.push(*c);
+                    }
                 }
             }
         }

@@ -100,9 +100,10 @@ impl Store {
         let a = self
             .version(id, version)?
             .ok_or(StoreError::UnknownVersion(*id, version))?;
-        let m = self.manifest(&a.body.manifest)?;
         // A partial mirror's version is whole when the paths it keeps are.
-        let missing = self.missing_wanted(&m, &self.filter(id)?)?.len();
+        let missing = self
+            .missing_wanted(&a.body.manifest, &self.filter(id)?)?
+            .len();
         if missing > 0 {
             return Err(StoreError::Incomplete { version, missing });
         }
