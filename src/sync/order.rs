@@ -44,6 +44,38 @@ fn for_each_file(
     Ok(())
 }
 
+/// Chunk ids met so far, by their first 16 bytes: a million-chunk manifest
+/// needs about 20 MB for this instead of 70 MB or more for whole ids. Two
+/// distinct chunks sharing 128 bits would make the second look like a
+/// repeat on every node alike (so have-maps still agree), and the version
+/// check before a switch, which compares whole ids, would fetch it then.
+struct Seen(HashSet<u128>);
+
+impl Seen {
+    /// Sized for `n` ids (a manifest's entry count is a fair guess).
+    fn with_capacity(n: usize) -> Seen {
+        Seen(HashSet::with_capacity(n.min(1 << 24)))
+    }
+
+    /// Whether `id` is new (and remembers it).
+    fn insert(&mut self, id: &Hash) -> bool {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&id.0[..16]);
+        self.0.insert(u128::from_le_bytes(b))
+    }
+
+    fn contains(&self, id: &Hash) -> bool {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&id.0[..16]);
+        self.0.contains(&u128::from_le_bytes(b))
+    }
+}
+
+/// The number of entries of stored manifest `id`, as its header says.
+fn entry_count(store: &Store, id: &Hash) -> Result<usize, StoreError> {
+    Ok(store.manifest_entries(id)?.len())
+}
+
 /// A bitmap built one bit at a time, its length known only at the end.
 #[derive(Default)]
 struct Bits {
@@ -81,11 +113,11 @@ pub fn have_map(store: &Store, id: &Hash) -> Result<Option<HaveMap>, StoreError>
     if !store.has_manifest(id)? {
         return Ok(None);
     }
-    let mut seen = HashSet::new();
+    let mut seen = Seen::with_capacity(entry_count(store, id)?);
     let mut bits = Bits::default();
     for_each_file(store, id, |_, _, chunks| {
         for c in chunks {
-            if seen.insert(c.id) {
+            if seen.insert(&c.id) {
                 bits.push(c.len as usize <= MAX_CHUNK_LEN && store.has_chunk(&c.id)?);
             }
         }
@@ -146,19 +178,22 @@ impl Wanted {
     ) -> Result<(Self, u64), StoreError> {
         // A partial mirror wants only its files' chunks; the order (and so
         // the have-map positions) stays that of the whole manifest.
+        let entries = entry_count(store, &id)?;
         let kept = if filter.is_all() {
             None
         } else {
-            let mut kept = HashSet::new();
+            let mut kept = Seen::with_capacity(0);
             for_each_file(store, &id, |path, _, chunks| {
                 if filter.wants(path) {
-                    kept.extend(chunks.iter().map(|c| c.id));
+                    for c in chunks {
+                        kept.insert(&c.id);
+                    }
                 }
                 Ok(())
             })?;
             Some(kept)
         };
-        let mut seen = HashSet::new();
+        let mut seen = Seen::with_capacity(entries);
         let mut held = Bits::default();
         let mut chunks = Vec::new();
         let mut positions = Vec::new();
@@ -168,7 +203,7 @@ impl Wanted {
                 needed += size;
             }
             for c in refs {
-                if !seen.insert(c.id) {
+                if !seen.insert(&c.id) {
                     continue;
                 }
                 let has = store.has_chunk(&c.id)?;
