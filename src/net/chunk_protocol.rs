@@ -26,7 +26,9 @@
 //! Bitmap bit `i` lives in byte `i / 8` at bit position `i % 8` (LSB first).
 //! Every count and length is checked against its limit from the header,
 //! before anything is allocated, and large bodies are read in pieces so
-//! memory grows with the bytes that arrive, not with what a header claims.
+//! memory grows with the bytes that arrive, not with what a header claims
+//! (a chunk body goes into an idle recycled buffer when there is one: memory
+//! already held).
 //! Any unknown tag, oversized length or truncated frame is an error with
 //! [`std::io::ErrorKind::InvalidData`] or [`std::io::ErrorKind::UnexpectedEof`];
 //! the caller then drops the stream.
@@ -169,6 +171,23 @@ async fn read_bytes<R: AsyncRead + Unpin>(io: &mut R, len: usize) -> io::Result<
         io.read_exact(&mut out[start..]).await?;
     }
     Ok(out)
+}
+
+/// Reads a chunk body of `len` bytes (already checked against the limit).
+/// An idle recycled buffer is read into whole (no zeroing, no growing: it
+/// is memory already held, so a lying length costs nothing new); without
+/// one, the body is read in pieces like any large frame.
+async fn read_body<R: AsyncRead + Unpin>(io: &mut R, len: usize) -> io::Result<Vec<u8>> {
+    match crate::store::buffers::reuse(len) {
+        Some(mut buf) => match io.read_exact(&mut buf).await {
+            Ok(()) => Ok(buf),
+            Err(e) => {
+                crate::store::buffers::give(buf);
+                Err(e)
+            }
+        },
+        None => read_bytes(io, len).await,
+    }
 }
 
 /// Converts a length to its `u32` wire form.
@@ -333,7 +352,7 @@ pub(crate) async fn read_response<R: AsyncRead + Unpin>(
                     "chunk body too large: {len} > {MAX_CHUNK_LEN}"
                 )));
             }
-            Ok(Response::Found(Bytes::from(read_bytes(io, len).await?)))
+            Ok(Response::Found(Bytes::from(read_body(io, len).await?)))
         }
         RESP_NOT_FOUND => Ok(Response::NotFound),
         RESP_ELSEWHERE => Ok(Response::Elsewhere),

@@ -254,7 +254,15 @@ impl Driver<'_> {
                 let bytes: u64 = batch.iter().map(|(_, _, d)| d.len() as u64).sum();
                 let chunks: Vec<(Hash, Vec<u8>)> =
                     batch.into_iter().map(|(_, id, d)| (id, d)).collect();
-                let r = blocking("writing chunks", move || s.put_chunks(&chunks)).await;
+                let r = blocking("writing chunks", move || {
+                    let r = s.put_chunks(&chunks);
+                    // The bodies' buffers come round again for the next reads.
+                    for (_, data) in chunks {
+                        crate::store::buffers::give(data);
+                    }
+                    r
+                })
+                .await;
                 let r = r.map(|_| (indices, bytes)).map_err(SyncError::from);
                 let _ = tx.send(Note::Written(r));
             }
