@@ -217,7 +217,8 @@ fn run_logs_a_sync_for_people_by_default_as_json_when_asked_and_not_at_all_with_
     for part in [
         "collection=src",
         "version=1",
-        "peers=1",
+        // The master and the other mirrors syncing beside it may all serve.
+        "peers=",
         "time=",
         "rate=",
         "/s",
