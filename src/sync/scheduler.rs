@@ -17,8 +17,9 @@
 //!    have-map subscription are then asked about (a slice of) the chunks
 //!    still needed;
 //! 2. verified chunks are handed out for writing in batches of
-//!    [`WRITE_BATCH`] bytes, or after [`WRITE_DELAY`], one batch at a time;
-//! 3. unless [`MAX_BUFFERED`] bytes wait for the disk, every peer with a
+//!    [`WRITE_BATCH`] bytes or [`WRITE_BATCH_CHUNKS`] chunks, or after
+//!    [`WRITE_DELAY`], one batch at a time;
+//! 3. unless [`MAX_BUFFERED`] bytes (or two batches' chunks) wait for the disk, every peer with a
 //!    quarter of its window free pulls: a peer that holds only some chunks
 //!    takes its rarest candidates, a seeder (a peer that holds every chunk)
 //!    first the chunks no other peer holds. Each chunk pulled goes to the
@@ -61,6 +62,10 @@ const REFRESH_LARGE: Duration = Duration::from_secs(1);
 const LARGE: usize = 16_384;
 /// Verified chunks are written and indexed in batches of about this size.
 const WRITE_BATCH: usize = 16 << 20;
+/// ... or of this many chunks: each batch rewrites the index buckets of its
+/// chunks (see `store::index`), so a batch of tiny chunks as large as
+/// [`WRITE_BATCH`] would rewrite the whole index every time.
+const WRITE_BATCH_CHUNKS: usize = 4096;
 /// ... or after this long.
 const WRITE_DELAY: Duration = Duration::from_millis(200);
 /// Verified bytes waiting for the disk (beyond the batch being written) at
@@ -458,6 +463,7 @@ impl Scheduler {
         if !self.writing
             && !self.buffer.is_empty()
             && (self.buffered >= WRITE_BATCH
+                || self.buffer.len() >= WRITE_BATCH_CHUNKS
                 || now.saturating_duration_since(self.last_write) >= WRITE_DELAY
                 || self.remaining == 0)
         {
@@ -466,7 +472,10 @@ impl Scheduler {
             out.push(Action::Write(std::mem::take(&mut self.buffer)));
         }
         // Paused while verified chunks wait for the disk (bounded memory).
-        if self.remaining > 0 && self.buffered < MAX_BUFFERED {
+        if self.remaining > 0
+            && self.buffered < MAX_BUFFERED
+            && self.buffer.len() < 2 * WRITE_BATCH_CHUNKS
+        {
             self.start_requests(now, &mut out);
         }
         out
