@@ -9,7 +9,10 @@
 //!
 //! Buffers are kept by size class (powers of two from 64 KiB to
 //! [`MAX_CLASS`]), so a chunk of 1.3 MiB takes a 2 MiB buffer and never
-//! more than twice its size. The pool keeps at most [`POOL_BYTES`] of idle
+//! more than twice its size. Chunks under [`SMALL`] get plain allocations of
+//! their own size: the allocator serves those cheaply, and a 64 KiB buffer
+//! for each 200-byte chunk of a tree of small files would multiply the
+//! memory of every chunk in flight by hundreds. The pool keeps at most [`POOL_BYTES`] of idle
 //! buffers in all: beyond that, given buffers are freed.
 //!
 //! A taken buffer holds the bytes of an earlier chunk (it is not zeroed):
@@ -24,6 +27,8 @@ use crate::task::lock;
 
 /// Smallest size class.
 const MIN_CLASS: usize = 64 << 10;
+/// Chunks shorter than this are not pooled.
+const SMALL: usize = MIN_CLASS / 2;
 /// Largest size class: the largest chunk the protocol carries.
 pub const MAX_CLASS: usize = crate::chunk::MAX_CHUNK_LEN as usize;
 /// Number of size classes (64 KiB .. 8 MiB).
@@ -45,7 +50,7 @@ static POOL: Pool = Pool {
 
 /// The class whose buffers hold at least `len` bytes, if any.
 fn class_for(len: usize) -> Option<usize> {
-    if len > MAX_CLASS {
+    if !(SMALL..=MAX_CLASS).contains(&len) {
         return None;
     }
     let size = len.max(MIN_CLASS).next_power_of_two();
@@ -148,14 +153,15 @@ mod tests {
 
     #[test]
     fn classes_cover_every_chunk_size() {
-        assert_eq!(class_for(1), Some(0));
+        assert_eq!(class_for(1), None, "small chunks are not pooled");
+        assert_eq!(class_for(SMALL - 1), None);
+        assert_eq!(class_for(SMALL), Some(0));
         assert_eq!(class_for(MIN_CLASS), Some(0));
         assert_eq!(class_for(MIN_CLASS + 1), Some(1));
         assert_eq!(class_for(MAX_CLASS), Some(CLASSES - 1));
         assert_eq!(class_for(MAX_CLASS + 1), None);
         for len in [
-            1,
-            1000,
+            SMALL,
             MIN_CLASS,
             300 << 10,
             1 << 20,
@@ -168,6 +174,15 @@ mod tests {
         }
         assert_eq!(class_of(MIN_CLASS - 1), None);
         assert_eq!(class_of(3 * MIN_CLASS), Some(1));
+    }
+
+    #[test]
+    fn a_small_chunk_takes_only_its_own_size() {
+        let buf = take(200);
+        assert_eq!(buf.len(), 200);
+        assert!(buf.capacity() < 1024, "capacity {}", buf.capacity());
+        give(buf);
+        assert!(reuse(200).is_none());
     }
 
     #[test]
