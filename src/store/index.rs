@@ -1,7 +1,7 @@
 //! The chunk index: chunk id -> where its body lives ([`Loc`]).
 //!
 //! sled 0.34 keeps memory per key far above its cache capacity: a million
-//! random 32-byte keys held about 4 GiB resident with a 16 MiB cache, while
+//! random 32-byte keys held nearly 4 GiB resident with a 16 MiB cache, while
 //! the same entries grouped under 65,536 keys held under 90 MiB. A store of
 //! a million small files has a million chunks, so the index groups entries
 //! into buckets keyed by the first two bytes of the id. A bucket's value is
