@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use crate::filter::PathFilter;
-use crate::hash::Hash;
+use crate::hash::{Hash, IdPrefixSet};
 use crate::manifest::{ChunkRef, EntryKind, Manifest};
 use crate::net::{Bitmap, HaveMap, MAX_CHUNK_LEN};
 use crate::store::{Store, StoreError};
@@ -44,32 +44,11 @@ fn for_each_file(
     Ok(())
 }
 
-/// Chunk ids met so far, by their first 16 bytes: a million-chunk manifest
-/// needs about 20 MB for this instead of 70 MB or more for whole ids. Two
-/// distinct chunks sharing 128 bits would make the second look like a
-/// repeat on every node alike (so have-maps still agree), and the version
-/// check before a switch, which compares whole ids, would fetch it then.
-struct Seen(HashSet<u128>);
-
-impl Seen {
-    /// Sized for `n` ids (a manifest's entry count is a fair guess).
-    fn with_capacity(n: usize) -> Seen {
-        Seen(HashSet::with_capacity(n.min(1 << 24)))
-    }
-
-    /// Whether `id` is new (and remembers it).
-    fn insert(&mut self, id: &Hash) -> bool {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&id.0[..16]);
-        self.0.insert(u128::from_le_bytes(b))
-    }
-
-    fn contains(&self, id: &Hash) -> bool {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&id.0[..16]);
-        self.0.contains(&u128::from_le_bytes(b))
-    }
-}
+/// Chunk ids met so far ([`IdPrefixSet`]). Two distinct chunks sharing 128
+/// bits would make the second look like a repeat on every node alike (so
+/// have-maps still agree), and the version check before a switch, which
+/// compares whole ids, would fetch it then.
+type Seen = IdPrefixSet;
 
 /// The number of entries of stored manifest `id`, as its header says.
 fn entry_count(store: &Store, id: &Hash) -> Result<usize, StoreError> {
@@ -182,7 +161,7 @@ impl Wanted {
         let kept = if filter.is_all() {
             None
         } else {
-            let mut kept = Seen::with_capacity(0);
+            let mut kept = Seen::default();
             for_each_file(store, &id, |path, _, chunks| {
                 if filter.wants(path) {
                     for c in chunks {
