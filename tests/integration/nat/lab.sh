@@ -173,7 +173,7 @@ while :; do
   fi
   if [ $(($(date +%s) - t0)) -gt 150 ]; then
     echo "FAIL: mirrors did not meet directly (a: $ra, path $pa; b: $rb, path $pb)"
-    tail -30 "$WORK/a/node.log" "$WORK/b/node.log" "$WORK/relay/node.log"
+    tail -n 30 "$WORK/a/node.log" "$WORK/b/node.log" "$WORK/relay/node.log"
     exit 1
   fi
   sleep 1
@@ -194,7 +194,7 @@ cs=[c for c in d.get('collections',[]) if c['id']=='$C']
 print((cs[0].get('current') or {}).get('version',0) if cs else 0)")
     [ "$v" -ge 1 ] && break
     if [ $(($(date +%s) - t1)) -gt 240 ]; then
-      echo "FAIL: mirror $d did not sync"; tail -30 "$WORK/$d/node.log"; exit 1
+      echo "FAIL: mirror $d did not sync"; tail -n 30 "$WORK/$d/node.log"; exit 1
     fi
     sleep 0.5
   done
