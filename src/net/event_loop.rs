@@ -15,9 +15,8 @@ use futures::StreamExt;
 use libp2p::{
     core::transport::ListenerId,
     gossipsub::{self, TopicHash},
-    multiaddr::Protocol,
     request_response::{self, OutboundRequestId, ResponseChannel},
-    swarm::{dial_opts::DialOpts, ConnectionId, DialError},
+    swarm::ConnectionId,
     Multiaddr, PeerId, Swarm,
 };
 use libp2p_stream::IncomingStreams;
@@ -38,6 +37,7 @@ use super::{
 };
 use crate::keys::CollectionId;
 
+mod dials;
 mod discovery;
 mod nat;
 mod swarm_events;
@@ -129,7 +129,7 @@ pub struct EventLoop {
     /// Listeners that have not reported an address yet.
     unbound_listeners: HashSet<ListenerId>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
-    pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<(), NetError>>>,
+    pending_dials: HashMap<ConnectionId, dials::PendingDial>,
     pending_latest: HashMap<OutboundRequestId, LatestReply>,
     topics: HashMap<TopicHash, CollectionId>,
     publish_queue: VecDeque<QueuedPublish>,
@@ -395,44 +395,6 @@ impl EventLoop {
     /// Starts dialing `addr`; `reply` is answered when the connection is
     /// established or the dial fails. A peer already connected counts as
     /// success.
-    fn start_dial(
-        &mut self,
-        addr: Multiaddr,
-        reply: Option<oneshot::Sender<Result<(), NetError>>>,
-    ) -> Result<(), NetError> {
-        let opts = match addr.iter().last() {
-            Some(Protocol::P2p(peer)) => {
-                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-                    kad.add_address(&peer, addr.clone());
-                }
-                DialOpts::peer_id(peer).addresses(vec![addr]).build()
-            }
-            _ => DialOpts::unknown_peer_id().address(addr).build(),
-        };
-        let connection_id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => {
-                if let Some(reply) = reply {
-                    self.pending_dials.insert(connection_id, reply);
-                }
-                Ok(())
-            }
-            Err(DialError::DialPeerConditionFalse(_)) => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(()));
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let err = NetError::Dial(e.to_string());
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(NetError::Dial(e.to_string())));
-                }
-                Err(err)
-            }
-        }
-    }
-
     fn subscribe(&mut self, collection: CollectionId) -> Result<(), NetError> {
         let topic = super::collection_topic(&collection);
         let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;

@@ -53,13 +53,13 @@ impl EventLoop {
                 if self.is_banned(&peer_id) {
                     debug!(peer = %peer_id, "closing a banned peer's connection");
                     self.swarm.close_connection(connection_id);
-                    if let Some(reply) = self.pending_dials.remove(&connection_id) {
-                        let _ = reply.send(Err(NetError::Dial("peer is banned".into())));
+                    if let Some(dial) = self.pending_dials.remove(&connection_id) {
+                        dial.answer(Err(NetError::Dial("peer is banned".into())));
                     }
                     return;
                 }
-                if let Some(reply) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Ok(()));
+                if let Some(dial) = self.pending_dials.remove(&connection_id) {
+                    dial.answer(Ok(()));
                 }
                 let first_peer = self.peers.is_empty();
                 let addr = endpoint.get_remote_address().clone();
@@ -112,9 +112,7 @@ impl EventLoop {
                 error,
             } => {
                 debug!(peer = ?peer_id, %error, "outgoing connection failed");
-                if let Some(reply) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Err(NetError::Dial(error.to_string())));
-                }
+                self.dial_failed(connection_id, &error);
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 debug!(%error, "incoming connection failed");
