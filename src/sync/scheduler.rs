@@ -513,27 +513,6 @@ impl Scheduler {
         next
     }
 
-    /// A debug line on where the download stands, peer by peer.
-    fn summary(&self) {
-        let peers: Vec<String> = self
-            .peers
-            .map
-            .iter()
-            .map(|(id, p)| {
-                let id = id.to_string();
-                format!("{}: {}", &id[id.len().saturating_sub(6)..], p.summary())
-            })
-            .collect();
-        tracing::debug!(
-            remaining = self.remaining,
-            needed = self.needed.len(),
-            orphans = self.orphans.len(),
-            flying = self.flying.len(),
-            peers = %peers.join("; "),
-            "download state"
-        );
-    }
-
     fn refresh_every(&self) -> Duration {
         if self.remaining > LARGE {
             REFRESH_LARGE
