@@ -8,7 +8,8 @@
 //! not inflate it), `rate` a moving average of the bytes delivered per
 //! second while requests were outstanding. From them come the bytes a peer
 //! may have in flight (its *window*: twice the bandwidth-delay product,
-//! within [`MIN_WINDOW`]..=[`MAX_WINDOW`]) and the *expected delivery
+//! within [`MIN_WINDOW`]..=[`MAX_WINDOW`], or down to a quarter second of
+//! its rate for a slow peer) and the *expected delivery
 //! time* of one more chunk there, which decides who gets each chunk.
 //!
 //! A peer earns requests only by answering them: a NotFound for a chunk it
@@ -29,6 +30,12 @@ use libp2p::PeerId;
 pub const MIN_WINDOW: u64 = 4 << 20;
 /// Bytes in flight to one peer at most.
 pub const MAX_WINDOW: u64 = 64 << 20;
+/// Seconds of its measured rate a slow peer may have in flight beyond its
+/// bandwidth-delay product: see [`Peer::window`].
+pub(super) const HORIZON: f64 = 0.25;
+/// The smallest window of a measured peer: a chunk of average size (and
+/// two requests always fit, whatever their size).
+pub(super) const FLOOR_WINDOW: u64 = 1 << 20;
 /// A peer is benched for this long after repeated failures.
 pub(super) const BENCH: Duration = Duration::from_secs(5);
 /// Requests without progress are given up after this long at least...
@@ -200,11 +207,32 @@ impl Peer {
         }
     }
 
+    /// Whether its rate has been measured.
+    #[cfg(test)]
+    pub fn measured(&self) -> bool {
+        self.rate > 0.0
+    }
+
     /// Bytes this peer may have in flight: twice its bandwidth-delay
     /// product (one for the pipe, one for the batch being prepared).
     pub fn window(&self) -> u64 {
         let bdp = self.rate * self.latency;
-        ((2.0 * bdp) as u64).clamp(MIN_WINDOW, MAX_WINDOW)
+        ((2.0 * bdp) as u64).clamp(self.least_window(), MAX_WINDOW)
+    }
+
+    /// The window however short the latency: [`MIN_WINDOW`] for a fast peer
+    /// or one not measured yet, [`HORIZON`] of its rate for a slow one (at
+    /// least [`FLOOR_WINDOW`]). A peer that shares its upload among many
+    /// downloaders is slow for each of them; requests piled up there wait
+    /// for seconds while a peer that got the chunk since could send it at
+    /// once, so the chunks stay unassigned until a holder can start on
+    /// them soon.
+    fn least_window(&self) -> u64 {
+        if self.rate > 0.0 {
+            ((self.rate * HORIZON) as u64).clamp(FLOOR_WINDOW, MIN_WINDOW)
+        } else {
+            MIN_WINDOW
+        }
     }
 
     fn queued(&self) -> u64 {
@@ -367,6 +395,21 @@ impl Peer {
             cap
         };
         out
+    }
+
+    /// One line for the periodic debug summary: held chunks (`all` for a
+    /// seeder), bytes queued, window, measured rate and latency.
+    pub fn summary(&self) -> String {
+        let held = self.have.as_ref().map_or("all".to_string(), |h| {
+            h.0.iter().map(|w| w.count_ones()).sum::<u32>().to_string()
+        });
+        format!(
+            "{held} q{:.1}M w{:.1}M r{:.2}MB/s l{:.0}ms",
+            self.queued() as f64 / f64::from(1u32 << 20),
+            self.window() as f64 / f64::from(1u32 << 20),
+            self.rate / 1e6,
+            self.latency * 1e3
+        )
     }
 
     /// Benched until `until`.

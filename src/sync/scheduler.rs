@@ -270,6 +270,8 @@ pub(crate) struct Scheduler {
     wrong_length: Option<(u32, usize)>,
     /// Steps taken, for the tests that bound the work per event.
     pub(super) work: u64,
+    /// Last debug summary of the download's state.
+    last_summary: Instant,
 }
 
 impl Scheduler {
@@ -298,6 +300,7 @@ impl Scheduler {
             last_write: now,
             wrong_length: None,
             work: 0,
+            last_summary: now,
         }
     }
 
@@ -455,6 +458,12 @@ impl Scheduler {
             return vec![Action::ListPeers];
         }
         self.take_overdue(now);
+        if tracing::enabled!(tracing::Level::DEBUG)
+            && now.saturating_duration_since(self.last_summary) >= Duration::from_secs(1)
+        {
+            self.last_summary = now;
+            self.summary();
+        }
         let mut out = Vec::new();
         if std::mem::take(&mut self.ask_have) {
             self.ask_polled(&mut out);

@@ -189,4 +189,25 @@ impl Scheduler {
             p.stacks = Default::default();
         }
     }
+
+    /// A debug line on where the download stands, peer by peer.
+    pub(super) fn summary(&self) {
+        let peers: Vec<String> = self
+            .peers
+            .map
+            .iter()
+            .map(|(id, p)| {
+                let id = id.to_string();
+                format!("{}: {}", &id[id.len().saturating_sub(6)..], p.summary())
+            })
+            .collect();
+        tracing::debug!(
+            remaining = self.remaining,
+            needed = self.needed.len(),
+            orphans = self.orphans.len(),
+            flying = self.flying.len(),
+            peers = %peers.join("; "),
+            "download state"
+        );
+    }
 }
