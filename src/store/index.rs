@@ -14,7 +14,6 @@
 //! into the buckets when the store opens (idempotent: a move cut short by a
 //! crash is redone).
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{Loc, Result, StoreError};
@@ -23,6 +22,12 @@ use crate::task::lock;
 
 /// Bytes of one entry: id then location.
 const ENTRY: usize = 32 + 16;
+/// Buckets rewritten per sled batch. sled keeps every page version a
+/// batch replaces (and every page it reads in) until the batch ends, so
+/// one batch over thousands of buckets held hundreds of MiB; an index
+/// write is not atomic as a whole anyway (a chunk it misses after a crash
+/// is fetched again).
+const BUCKETS_PER_BATCH: usize = 16;
 /// Entries moved from the old per-chunk tree per batch when a store opens.
 const MIGRATE_BATCH: usize = 65_536;
 
@@ -132,37 +137,40 @@ impl ChunkIndex {
     /// Indexes chunks (a later location of the same id replaces the
     /// earlier one).
     pub(super) fn insert(&self, new: impl IntoIterator<Item = (Hash, Loc)>) -> Result<()> {
-        let mut by_bucket: BTreeMap<[u8; 2], BTreeMap<Hash, Option<Loc>>> = BTreeMap::new();
-        for (id, loc) in new {
-            by_bucket
-                .entry(bucket(&id))
-                .or_default()
-                .insert(id, Some(loc));
-        }
-        self.rewrite(by_bucket)
+        self.rewrite(new.into_iter().map(|(id, loc)| (id, Some(loc))).collect())
     }
 
     /// Drops chunks from the index.
     pub(super) fn remove(&self, ids: impl IntoIterator<Item = Hash>) -> Result<()> {
-        let mut by_bucket: BTreeMap<[u8; 2], BTreeMap<Hash, Option<Loc>>> = BTreeMap::new();
-        for id in ids {
-            by_bucket.entry(bucket(&id)).or_default().insert(id, None);
-        }
-        self.rewrite(by_bucket)
+        self.rewrite(ids.into_iter().map(|id| (id, None)).collect())
     }
 
-    /// Applies per-bucket changes (`None` removes) in one sled batch.
-    fn rewrite(&self, changes: BTreeMap<[u8; 2], BTreeMap<Hash, Option<Loc>>>) -> Result<()> {
+    /// Applies changes (`None` removes; of one id, the last given wins),
+    /// rewriting each bucket they touch once. The changes are kept in one
+    /// flat list, sorted by id so that each bucket's are one run.
+    fn rewrite(&self, mut changes: Vec<(Hash, Option<Loc>)>) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
+        // Reversed, then stably sorted: of equal ids the last given comes
+        // first and is the one kept.
+        changes.reverse();
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes.dedup_by(|later, first| later.0 == first.0);
         let _w = lock(&self.write);
         let mut batch = sled::Batch::default();
-        for (key, change) in changes {
+        let mut in_batch = 0;
+        for run in changes.chunk_by(|a, b| bucket(&a.0) == bucket(&b.0)) {
+            if in_batch == BUCKETS_PER_BATCH {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+            in_batch += 1;
+            let key = bucket(&run[0].0);
             let old = self.tree.get(key)?;
             let old = old.as_deref().unwrap_or(&[]);
-            let mut out = Vec::with_capacity(old.len() + change.len() * ENTRY);
-            let mut change = change.into_iter().peekable();
+            let mut out = Vec::with_capacity(old.len() + run.len() * ENTRY);
+            let mut change = run.iter().copied().peekable();
             for (id, loc) in entries(old)? {
                 while let Some((cid, cloc)) = change.next_if(|(cid, _)| *cid < id) {
                     push(&mut out, &cid, cloc);
@@ -258,6 +266,27 @@ mod tests {
             ix.tree.get([7, 7]).unwrap().is_none(),
             "empty bucket removed"
         );
+    }
+
+    #[test]
+    fn of_one_id_given_twice_the_last_wins_across_many_buckets() {
+        let (_d, db) = open();
+        let ix = ChunkIndex::open(&db).unwrap();
+        // More buckets than one sled batch takes, each id given twice.
+        let n = (BUCKETS_PER_BATCH * 3) as u64;
+        let first = (0..n).map(|k| (id(k as u8, (k >> 8) as u8 + 1, 7), loc(k)));
+        let second = (0..n).map(|k| (id(k as u8, (k >> 8) as u8 + 1, 7), loc(k + 1000)));
+        ix.insert(first.chain(second)).unwrap();
+        assert_eq!(ix.iter().count(), n as usize);
+        for k in 0..n {
+            let got = ix.get(&id(k as u8, (k >> 8) as u8 + 1, 7)).unwrap();
+            assert_eq!(got, Some(loc(k + 1000)), "entry {k}");
+        }
+        // A removal after an insert of the same id in one call removes it.
+        ix.rewrite(vec![(id(3, 1, 7), Some(loc(1))), (id(3, 1, 7), None)])
+            .unwrap();
+        assert_eq!(ix.get(&id(3, 1, 7)).unwrap(), None);
+        assert_eq!(ix.iter().count(), n as usize - 1);
     }
 
     #[test]

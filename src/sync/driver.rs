@@ -56,7 +56,6 @@ pub async fn fetch_chunks(
     if chunks.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Hash> = chunks.iter().map(|c| c.id).collect();
     let mut sched = Scheduler::new(chunks, order.is_none(), Instant::now());
     let mut d = Driver {
         client,
@@ -64,7 +63,6 @@ pub async fn fetch_chunks(
         accounting,
         progress,
         links: order.map(|o| Links::new(client, o)),
-        ids,
         tasks: JoinSet::new(),
         notes: mpsc::unbounded_channel(),
     };
@@ -182,7 +180,6 @@ struct Driver<'a> {
     accounting: &'a dyn PeerAccounting,
     progress: &'a Progress,
     links: Option<Links>,
-    ids: Vec<Hash>,
     /// Every task of the download: aborted when it ends, however it ends.
     tasks: JoinSet<()>,
     notes: (mpsc::UnboundedSender<Note>, mpsc::UnboundedReceiver<Note>),
@@ -282,7 +279,7 @@ impl Driver<'_> {
             } => {
                 match &result {
                     Delivery::WrongBytes => {
-                        let id = self.ids.get(index as usize).copied();
+                        let id = sched.chunk_id(index);
                         tracing::warn!(%peer, chunk = ?id, "peer sent bytes that do not match the chunk id; banning it");
                         self.accounting.offence(peer, Offence::WrongBytes);
                     }

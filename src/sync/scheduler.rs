@@ -304,6 +304,11 @@ impl Scheduler {
         }
     }
 
+    /// The id of chunk `index` of the download, if there is one.
+    pub fn chunk_id(&self, index: u32) -> Option<Hash> {
+        self.chunks.get(index as usize).map(|c| c.id)
+    }
+
     /// Takes in what happened at `now`. Returns the bytes of a newly
     /// received chunk (0 for every other event and for duplicates), which
     /// the driver adds to the bytes received.
