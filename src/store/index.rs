@@ -155,7 +155,7 @@ impl ChunkIndex {
         // Reversed, then stably sorted: of equal ids the last given comes
         // first and is the one kept.
         changes.reverse();
-        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes.sort_by_key(|a| a.0);
         changes.dedup_by(|later, first| later.0 == first.0);
         let _w = lock(&self.write);
         let mut batch = sled::Batch::default();
