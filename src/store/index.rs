@@ -9,7 +9,8 @@
 //! [`Loc`] (16 bytes); a lookup is a binary search in one value.
 //!
 //! Writers read, merge and rewrite whole buckets, so they take one lock;
-//! the buckets of one write are replaced in one sled batch. Stores written
+//! the buckets of one write are replaced a few at a time, each few in one
+//! sled batch ([`BUCKETS_PER_BATCH`]). Stores written
 //! before buckets kept one key per chunk in the tree `chunks`; it is moved
 //! into the buckets when the store opens (idempotent: a move cut short by a
 //! crash is redone).
