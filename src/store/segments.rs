@@ -19,6 +19,11 @@ use std::sync::{Arc, Mutex};
 use crate::hash::Hash;
 use crate::task::lock;
 
+mod writer;
+#[cfg(test)]
+use writer::fault;
+use writer::Writer;
+
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 16] = b"PEERMIRROR-SEG1\n";
 /// First bytes of every record.
@@ -64,113 +69,6 @@ impl Loc {
     /// The whole record (header and body) as a byte range of its segment.
     pub fn record_range(&self) -> (u64, u64) {
         (self.offset - RECORD_HEADER, self.offset + self.len as u64)
-    }
-}
-
-/// The segment being appended to. Writes go to explicit offsets
-/// (`pwrite`), never to a file cursor: `len` alone says where the next
-/// record starts, so a write that fails half-way (disk full) cannot shift
-/// later records away from the offsets they are indexed at.
-struct Writer {
-    segment: u32,
-    file: File,
-    /// End of the last good record: on disk up to `flushed`, the rest in `buf`.
-    len: u64,
-    /// Bytes of the file written (not necessarily synced).
-    flushed: u64,
-    /// Small records waiting to be written at `flushed`.
-    buf: Vec<u8>,
-}
-
-/// Records are gathered up to this size before they are written.
-const WRITE_BUFFER: usize = 1 << 20;
-
-impl Writer {
-    /// Writes the buffered records. On failure the buffer is kept (a later
-    /// flush retries it) and anything written past `flushed` is cut off.
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let r = self.write_at_end(&[&buf]);
-        self.buf = buf;
-        r?;
-        self.buf.clear();
-        Ok(())
-    }
-
-    /// Writes `parts` one after the other at `flushed`, all or nothing:
-    /// a failure gives back the space of the partial write, so the file
-    /// ends at the last good record again.
-    fn write_at_end(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        let mut at = self.flushed;
-        for p in parts {
-            if let Err(e) = write_all_at(&self.file, p, at) {
-                // Best effort: the bytes past `flushed` are ignored anyway
-                // (overwritten by the next write, cut off on open).
-                let _ = self.file.set_len(self.flushed);
-                return Err(e);
-            }
-            at += p.len() as u64;
-        }
-        self.flushed = at;
-        Ok(())
-    }
-
-    /// Appends one record; on failure the writer is exactly as before.
-    fn append(&mut self, header: &[u8], data: &[u8]) -> io::Result<()> {
-        let rec = header.len() + data.len();
-        let small = rec <= WRITE_BUFFER / 4;
-        if !small || self.buf.len() + rec > WRITE_BUFFER {
-            self.flush()?;
-        }
-        if small {
-            self.buf.extend_from_slice(header);
-            self.buf.extend_from_slice(data);
-        } else {
-            self.write_at_end(&[header, data])?;
-        }
-        self.len += rec as u64;
-        Ok(())
-    }
-}
-
-/// `write_all` at an offset; a seam where tests inject write failures.
-fn write_all_at(f: &File, data: &[u8], at: u64) -> io::Result<()> {
-    #[cfg(test)]
-    if let Some(n) = fault::take(data.len()) {
-        f.write_all_at(&data[..n], at)?;
-        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-    }
-    f.write_all_at(data, at)
-}
-
-/// Injected write failures for unit tests: the next write of at least a
-/// given size writes only part of its bytes, then fails with ENOSPC.
-#[cfg(test)]
-mod fault {
-    use std::cell::Cell;
-
-    thread_local! {
-        static ARMED: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
-    }
-
-    /// Makes the next write of `min_len` bytes or more on this thread
-    /// write `partial` bytes and fail.
-    pub(super) fn arm(min_len: usize, partial: usize) {
-        ARMED.with(|a| a.set(Some((min_len, partial))));
-    }
-
-    /// How much of a write of `len` bytes to write before failing, if armed.
-    pub(super) fn take(len: usize) -> Option<usize> {
-        ARMED.with(|a| match a.get() {
-            Some((min, partial)) if len >= min => {
-                a.set(None);
-                Some(partial.min(len))
-            }
-            _ => None,
-        })
     }
 }
 
@@ -299,7 +197,7 @@ impl Segments {
             offset: w.len + RECORD_HEADER,
             len,
         };
-        w.append(&header, data)?;
+        w.append(&[&header, data])?;
         Ok(loc)
     }
 
@@ -308,34 +206,21 @@ impl Segments {
         let n = *next;
         *next += 1;
         let path = self.path(n);
-        let f = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        let started = write_all_at(&f, SEGMENT_MAGIC, 0)
-            // The directory entry must be durable before anything indexes into it.
-            .and_then(|()| File::open(&self.dir)?.sync_all());
-        if let Err(e) = started {
+        let w = Writer::create(n, &path, SEGMENT_MAGIC)?;
+        // The directory entry must be durable before anything indexes into it.
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
             // Never recorded, so nothing can refer to it: give the space back.
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        let len = SEGMENT_MAGIC.len() as u64;
-        Ok(Writer {
-            segment: n,
-            file: f,
-            len,
-            flushed: len,
-            buf: Vec::with_capacity(WRITE_BUFFER),
-        })
+        Ok(w)
     }
 
     /// Makes the active segment durable and closes it. On failure it stays
     /// active, so no record appended to it is forgotten.
     fn close(&self, w: &mut Option<Writer>) -> io::Result<()> {
         if let Some(old) = w.as_mut() {
-            old.flush()?;
+            old.finish()?;
             old.file.sync_data()?;
             lock(&self.sealed).push((old.segment, old.len));
             *w = None;
@@ -455,17 +340,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Segments::open(dir.path(), &HashMap::new()).unwrap();
         let small = vec![1u8; 1000];
-        let big = vec![2u8; 600 << 10];
+        // Larger than the stage: written while it is appended, and the
+        // write fails half-way.
+        let big = vec![2u8; writer::STAGE + (600 << 10)];
         let a = s.append(&Hash::of(&small), &small).unwrap();
-        // The big record is written straight away and fails half-way.
-        fault::arm(big.len(), 300 << 10);
+        fault::arm(writer::STAGE, 300 << 10);
         assert!(s.append(&Hash::of(&big), &big).is_err());
         let c = s.append(&Hash::of(b"c"), b"c").unwrap();
-        let big2 = vec![3u8; 700 << 10];
+        let big2 = vec![3u8; writer::STAGE + (700 << 10)];
         let d = s.append(&Hash::of(&big2), &big2).unwrap();
         let (seg, len) = s.sync().unwrap()[0];
         assert_eq!(len, d.offset + d.len as u64);
-        assert_eq!(fs::metadata(s.path(seg)).unwrap().len(), len);
+        // The last block is written whole (padded) until the segment is sealed.
+        assert_eq!(
+            fs::metadata(s.path(seg)).unwrap().len(),
+            writer::round_up(len)
+        );
         for (loc, want) in [(a, &small[..]), (c, b"c"), (d, &big2[..])] {
             assert_eq!(s.read(loc).unwrap(), want);
         }
@@ -485,7 +375,12 @@ mod tests {
         assert!(s.sync().is_err());
         let (seg, len) = s.sync().unwrap()[0];
         assert_eq!(len, b.offset + 2);
-        assert_eq!(fs::metadata(s.path(seg)).unwrap().len(), len);
+        assert_eq!(
+            fs::metadata(s.path(seg)).unwrap().len(),
+            writer::round_up(len)
+        );
+        s.seal().unwrap();
+        assert_eq!(fs::metadata(s.path(seg)).unwrap().len(), len, "sealed");
         assert_eq!(s.read(a).unwrap(), b"a");
         assert_eq!(s.read(b).unwrap(), b"bb");
     }
@@ -494,15 +389,16 @@ mod tests {
     fn a_store_batch_that_fails_mid_chunk_indexes_nothing_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
+        // Chunks larger than the stage: each is written as it is added.
         let chunk = |n: u8| {
-            let d = vec![n; (300 << 10) + n as usize];
+            let d = vec![n; writer::STAGE + (300 << 10) + n as usize];
             (Hash::of(&d), d)
         };
         let (a, b, c) = (chunk(1), chunk(2), chunk(3));
         {
             let mut batch = store.batch();
             batch.add(&a.0, &a.1).unwrap();
-            fault::arm(b.1.len(), 1000);
+            fault::arm(writer::STAGE, 1000);
             assert!(batch.add(&b.0, &b.1).is_err());
             // Dropped: what was written before the failure is committed.
         }
