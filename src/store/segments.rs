@@ -14,6 +14,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::hash::Hash;
@@ -80,6 +81,8 @@ pub struct Segments {
     /// Segments closed since the last sync, with their final lengths.
     sealed: Mutex<Vec<(u32, u64)>>,
     next_segment: Mutex<u32>,
+    /// See [`Segments::epoch`].
+    epoch: AtomicU64,
 }
 
 /// Name of segment `n`.
@@ -121,6 +124,7 @@ impl Segments {
             writer: Mutex::new(None),
             sealed: Mutex::new(Vec::new()),
             next_segment: Mutex::new(max + 1),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -216,12 +220,29 @@ impl Segments {
         Ok(w)
     }
 
+    /// After a failed flush or sync: the records written since the last
+    /// sync are dropped, and every batch that wrote one fails its commit
+    /// (see [`Segments::epoch`]).
+    fn discard_unsynced(&self, w: &mut Writer) {
+        w.discard_unsynced();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts the failed syncs. A batch notes it when it first appends, and
+    /// its commit fails if it changed by then: records it appended may have
+    /// been dropped.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
     /// Makes the active segment durable and closes it. On failure it stays
-    /// active, so no record appended to it is forgotten.
+    /// active (without the records since its last sync).
     fn close(&self, w: &mut Option<Writer>) -> io::Result<()> {
         if let Some(old) = w.as_mut() {
-            old.finish()?;
-            old.file.sync_data()?;
+            if let Err(e) = old.finish().and_then(|()| old.file.sync_data()) {
+                self.discard_unsynced(old);
+                return Err(e);
+            }
             lock(&self.sealed).push((old.segment, old.len));
             *w = None;
         }
@@ -235,8 +256,11 @@ impl Segments {
         let mut w = lock(&self.writer);
         let current = match w.as_mut() {
             Some(w) => {
-                w.flush()?;
-                w.file.sync_data()?;
+                if let Err(e) = w.flush().and_then(|()| w.file.sync_data()) {
+                    self.discard_unsynced(w);
+                    return Err(e);
+                }
+                w.synced();
                 Some((w.segment, w.len))
             }
             None => None,
@@ -366,23 +390,54 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_flush_keeps_the_buffered_records_for_the_next_sync() {
+    fn a_failed_sync_drops_the_records_since_the_last_one() {
         let dir = tempfile::tempdir().unwrap();
         let s = Segments::open(dir.path(), &HashMap::new()).unwrap();
         let a = s.append(&Hash::of(b"a"), b"a").unwrap();
-        let b = s.append(&Hash::of(b"bb"), b"bb").unwrap();
+        let (seg, synced) = s.sync().unwrap()[0];
+        let epoch = s.epoch();
+        // Larger than the stage: part of it is written before the sync.
+        let big = vec![7u8; writer::STAGE + 5000];
+        let b = s.append(&Hash::of(&big), &big).unwrap();
+        s.append(&Hash::of(b"cc"), b"cc").unwrap();
         fault::arm(1, 10);
         assert!(s.sync().is_err());
-        let (seg, len) = s.sync().unwrap()[0];
-        assert_eq!(len, b.offset + 2);
-        assert_eq!(
-            fs::metadata(s.path(seg)).unwrap().len(),
-            writer::round_up(len)
-        );
+        assert_eq!(s.epoch(), epoch + 1, "batches that wrote since must fail");
+        let file_len = fs::metadata(s.path(seg)).unwrap().len();
+        assert!(file_len <= writer::round_up(synced), "space given back");
+        // The next record goes where the dropped ones started.
+        let d = s.append(&Hash::of(b"d"), b"d").unwrap();
+        assert_eq!(d.offset, b.offset);
+        let (_, len) = s.sync().unwrap()[0];
+        assert_eq!(len, d.offset + 1);
+        assert_eq!(s.read(a).unwrap(), b"a");
+        assert_eq!(s.read(d).unwrap(), b"d");
         s.seal().unwrap();
         assert_eq!(fs::metadata(s.path(seg)).unwrap().len(), len, "sealed");
-        assert_eq!(s.read(a).unwrap(), b"a");
-        assert_eq!(s.read(b).unwrap(), b"bb");
+    }
+
+    #[test]
+    fn a_store_batch_whose_sync_fails_indexes_none_of_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let chunk = |n: u8| {
+            let d = vec![n; (300 << 10) + n as usize];
+            (Hash::of(&d), d)
+        };
+        let (a, b, c) = (chunk(1), chunk(2), chunk(3));
+        {
+            let mut batch = store.batch();
+            batch.add(&a.0, &a.1).unwrap();
+            batch.add(&b.0, &b.1).unwrap();
+            fault::arm(1, 1000);
+            assert!(batch.commit().is_err());
+            // Dropped: the commit on drop fails too, indexing nothing.
+        }
+        store.put_chunks(std::slice::from_ref(&c)).unwrap();
+        assert!(!store.has_chunk(&a.0).unwrap());
+        assert!(!store.has_chunk(&b.0).unwrap());
+        assert_eq!(store.read_chunk(&c.0).unwrap(), c.1);
+        assert!(store.verify(false).unwrap().problems.is_empty());
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub(super) struct Writer {
     base: u64,
     /// Whether the stage holds bytes not written to the file yet.
     unwritten: bool,
+    /// `len` at the last successful sync: what a failed flush goes back to.
+    synced: u64,
     stage: Stage,
 }
 
@@ -116,6 +118,7 @@ impl Writer {
             len: magic.len() as u64,
             base: 0,
             unwritten: true,
+            synced: magic.len() as u64,
             stage,
         })
     }
@@ -132,7 +135,10 @@ impl Writer {
         let r = write_all_at(&self.file, &self.stage.bytes()[..n], self.base);
         let r = match r {
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!(segment = self.segment, "direct writes refused; writing through the page cache");
+                tracing::debug!(
+                    segment = self.segment,
+                    "direct writes refused; writing through the page cache"
+                );
                 set_direct(&self.file, false)?;
                 self.direct = false;
                 write_all_at(&self.file, &self.stage.bytes()[..n], self.base)
@@ -171,7 +177,8 @@ impl Writer {
             if self.base != start_base {
                 // Bytes before the partial block are written: keep them.
                 self.base = start_base + tail_at as u64;
-                self.stage.bytes_mut()[..filled - tail_at].copy_from_slice(&tail[..filled - tail_at]);
+                self.stage.bytes_mut()[..filled - tail_at]
+                    .copy_from_slice(&tail[..filled - tail_at]);
             }
             self.cut_after_failure();
             return Err(e);
@@ -200,8 +207,8 @@ impl Writer {
     }
 
     /// Writes every staged byte (the last block padded with zeros), keeping
-    /// only the partial last block in the stage. On failure the staged
-    /// bytes are kept, so a later flush writes them again.
+    /// only the partial last block in the stage. On failure the stage is
+    /// kept as it was; the caller then calls [`Writer::discard_unsynced`].
     pub(super) fn flush(&mut self) -> io::Result<()> {
         if !self.unwritten {
             return Ok(());
@@ -209,15 +216,42 @@ impl Writer {
         let filled = self.filled();
         let n = round_up(filled as u64) as usize;
         self.stage.bytes_mut()[filled..n].fill(0);
-        if let Err(e) = self.write_stage(n) {
-            self.cut_after_failure();
-            return Err(e);
-        }
+        self.write_stage(n)?;
         let full = round_down(filled);
         self.stage.bytes_mut().copy_within(full..filled, 0);
         self.base += full as u64;
         self.unwritten = false;
         Ok(())
+    }
+
+    /// Records that everything written so far is durable.
+    pub(super) fn synced(&mut self) {
+        self.synced = self.len;
+    }
+
+    /// After a failed flush or sync: goes back to the last sync, dropping
+    /// the records since (the batches that wrote them fail; see
+    /// `Segments::epoch`) and giving their space back. Keeping them for a
+    /// retry would keep a full disk full: each failed batch would add its
+    /// records to those the next flush must write.
+    pub(super) fn discard_unsynced(&mut self) {
+        let to = self.synced;
+        if to < self.base {
+            // The partial block `to` ends in was written: read it back (an
+            // aligned read, as direct I/O wants).
+            let at = round_down(to as usize) as u64;
+            let n = (to - at) as usize;
+            let block = &mut self.stage.bytes_mut()[..ALIGN];
+            if n > 0 && read_fully_at(&self.file, block, at) < n {
+                // Unreadable: keep the records (a later flush retries them).
+                self.cut_after_failure();
+                return;
+            }
+            self.base = at;
+        }
+        self.len = to;
+        self.unwritten = true;
+        self.cut_after_failure();
     }
 
     /// Writes everything and cuts the padding off, for a segment that takes
@@ -226,6 +260,20 @@ impl Writer {
         self.flush()?;
         self.file.set_len(self.len)
     }
+}
+
+/// Reads as much of `buf` as the file holds at `at`; returns the count.
+fn read_fully_at(f: &File, buf: &mut [u8], at: u64) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    got
 }
 
 /// `O_DIRECT` where the platform has it.
@@ -374,7 +422,11 @@ mod tests {
             let mut want = b"MAGIC".to_vec();
             want.extend_from_slice(&a);
             want.extend_from_slice(b"padc");
-            assert_eq!(contents(dir.path(), &w), want, "failure at stage write {skip}");
+            assert_eq!(
+                contents(dir.path(), &w),
+                want,
+                "failure at stage write {skip}"
+            );
         }
     }
 }
