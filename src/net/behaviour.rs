@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use libp2p::{
     autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, kad, mdns, noise,
-    ping, relay, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, upnp, yamux,
+    ping, relay, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, tls, upnp, yamux,
     StreamProtocol, Swarm, SwarmBuilder,
 };
 
@@ -178,10 +178,23 @@ impl Behaviour {
     }
 }
 
-/// Builds the swarm: TCP + noise + yamux, QUIC, and circuits through relays
-/// (noise + yamux over the relayed stream), wrapped in DNS resolution
-/// (`/dns4`, `/dns6`, `/dns` peers), with the idle connection timeout from
-/// the config.
+/// Largest yamux data frame. Each frame goes through the security layer and
+/// the socket on its own; at the default 16 KiB a 1 GiB transfer took 65,536
+/// wake-ups and writes on each side. 64 KiB frames were fastest on loopback
+/// (docs/benchmarks.md): larger ones wait on the 256 KiB stream window.
+const YAMUX_FRAME: usize = 64 << 10;
+
+/// yamux with [`YAMUX_FRAME`]-sized frames.
+fn yamux_config() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_split_send_size(YAMUX_FRAME);
+    c
+}
+
+/// Builds the swarm: TCP + TLS (or noise, for peers without TLS) + yamux,
+/// QUIC, and circuits through relays (noise + yamux over the relayed
+/// stream), wrapped in DNS resolution (`/dns4`, `/dns6`, `/dns` peers), with
+/// the idle connection timeout from the config.
 pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let mut behaviour_error = None;
     let transports = || {
@@ -189,10 +202,11 @@ pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Beh
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                // No setters: any setter switches yamux to its slow legacy engine
-                // with a fixed 256 KiB window.
-                yamux::Config::default,
+                // TLS first: with AES-GCM in hardware it costs a fraction of
+                // noise's ChaCha20-Poly1305 per byte. Dialers offer both, so
+                // nodes that speak only noise still connect.
+                (tls::Config::new, noise::Config::new),
+                yamux_config,
             )
             .map_err(|e| NetError::Build(format!("tcp transport: {e}")))
             .map(|b| b.with_quic())
@@ -201,7 +215,7 @@ pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Beh
     macro_rules! finish {
         ($builder:expr) => {
             $builder
-                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .with_relay_client(noise::Config::new, yamux_config)
                 .map_err(|e| NetError::Build(format!("relay transport: {e}")))?
                 .with_behaviour(
                     |key, relay_client| match Behaviour::new(key, relay_client, cfg) {

@@ -77,6 +77,9 @@ const RESP_ELSEWHERE: u8 = 0x08;
 
 /// Bytes read into memory at a time for a large frame.
 const PIECE: usize = 64 << 10;
+/// Bytes of a chunk body handed to the stream at a time (below the mmap
+/// threshold `main.rs` sets).
+const WRITE_PIECE: usize = 256 << 10;
 
 /// A request frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,7 +452,11 @@ pub(crate) async fn write_response_unflushed<W: AsyncWrite + Unpin>(
                 io.write_all(&buf).await?;
             } else {
                 io.write_all(&head(RESP_FOUND, len)).await?;
-                io.write_all(body).await?;
+                // In pieces: QUIC copies each write into one buffer, and
+                // buffers past the mmap threshold are faulted in anew.
+                for piece in body.chunks(WRITE_PIECE) {
+                    io.write_all(piece).await?;
+                }
             }
         }
         Response::NotFound => io.write_all(&[RESP_NOT_FOUND]).await?,

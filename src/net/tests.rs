@@ -480,3 +480,94 @@ async fn low_priority_gossip_cannot_crowd_out_the_rest() {
     );
     assert!(b.client.server_stats().gossip_shed >= 500);
 }
+
+/// A swarm of a node that speaks noise and not TLS on TCP (as older
+/// versions did), with nothing but ping, listening on loopback.
+fn noise_only_swarm() -> libp2p::Swarm<libp2p::ping::Behaviour> {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p::ping::Behaviour::default())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.listen_on(tcp_addr()).unwrap();
+    swarm
+}
+
+/// Drives `swarm` until a ping over a connection with `peer` succeeds: the
+/// security upgrade and the muxer both work.
+async fn ping_succeeds(swarm: &mut libp2p::Swarm<libp2p::ping::Behaviour>, peer: PeerId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .expect("no ping with the node within 20 s");
+        match event {
+            libp2p::swarm::SwarmEvent::Behaviour(libp2p::ping::Event {
+                peer: p,
+                result: Ok(_),
+                ..
+            }) if p == peer => return,
+            libp2p::swarm::SwarmEvent::OutgoingConnectionError { error, .. } => {
+                panic!("dial failed: {error}")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// TCP connections offer TLS first; a node with noise alone still connects,
+/// whichever side dials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_peers_that_speak_only_noise_connect_both_ways() {
+    let a = start(config(vec![tcp_addr()], false), MapProvider::default());
+    let pa = a.client.local_peer_id();
+    let a_addr = a.client.listen_addrs().await[0].clone();
+
+    // The noise-only node dials.
+    let mut old = noise_only_swarm();
+    old.dial(a_addr).unwrap();
+    ping_succeeds(&mut old, pa).await;
+
+    // The node dials the noise-only one.
+    let mut old = noise_only_swarm();
+    let old_addr = loop {
+        if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+            old.select_next_some().await
+        {
+            break address;
+        }
+    };
+    let dial = a.client.dial(old_addr);
+    let (dialed, ()) = tokio::join!(dial, ping_succeeds(&mut old, pa));
+    dialed.unwrap();
+}
+
+/// TLS offers AES-GCM first where the CPU has AES instructions (several
+/// times cheaper per byte than ChaCha20-Poly1305 there), ChaCha20 first
+/// elsewhere. The order is a patch of libp2p-tls (vendor/README.md).
+#[test]
+fn tls_prefers_aes_gcm_where_the_cpu_has_it() {
+    let key = Keypair::generate_ed25519();
+    let config = libp2p::tls::make_client_config(&key, None).unwrap();
+    let first = format!("{:?}", config.crypto_provider().cipher_suites[0].suite());
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    let hardware = std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let hardware = std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull");
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    let hardware = false;
+    if hardware {
+        assert_eq!(first, "TLS13_AES_128_GCM_SHA256");
+    } else {
+        assert!(first.contains("CHACHA20"), "{first}");
+    }
+}

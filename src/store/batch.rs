@@ -18,6 +18,9 @@ pub struct Batch<'a> {
     pub(super) _gate: RwLockReadGuard<'a, ()>,
     pub(super) pending: HashMap<Hash, Loc>,
     pub(super) new_bytes: u64,
+    /// The segments' epoch when the first pending chunk was written: a
+    /// failed sync since may have dropped it.
+    pub(super) epoch: Option<u64>,
 }
 
 impl Batch<'_> {
@@ -31,6 +34,9 @@ impl Batch<'_> {
         }
         self.store
             .check_room(data.len() as u64 + super::segments::RECORD_HEADER)?;
+        if self.pending.is_empty() {
+            self.epoch = Some(self.store.segs.epoch());
+        }
         let loc = self
             .store
             .segs
@@ -61,6 +67,17 @@ impl Batch<'_> {
             .segs
             .sync()
             .map_err(io_ctx("syncing chunk data"))?;
+        if self
+            .epoch
+            .take()
+            .is_some_and(|e| e != self.store.segs.epoch())
+        {
+            // A failed sync dropped what this batch wrote: index none of it.
+            self.pending.clear();
+            return Err(io_ctx("syncing chunk data")(io::Error::other(
+                "an earlier sync failed and dropped this batch's chunks",
+            )));
+        }
         for (seg, len) in synced {
             self.store
                 .segment_lens

@@ -378,6 +378,7 @@ impl Store {
             _gate: crate::task::read(&self.gate),
             pending: HashMap::new(),
             new_bytes: 0,
+            epoch: None,
         }
     }
 

@@ -14,10 +14,16 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::hash::Hash;
 use crate::task::lock;
+
+mod writer;
+#[cfg(test)]
+use writer::fault;
+use writer::Writer;
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 16] = b"PEERMIRROR-SEG1\n";
@@ -67,113 +73,6 @@ impl Loc {
     }
 }
 
-/// The segment being appended to. Writes go to explicit offsets
-/// (`pwrite`), never to a file cursor: `len` alone says where the next
-/// record starts, so a write that fails half-way (disk full) cannot shift
-/// later records away from the offsets they are indexed at.
-struct Writer {
-    segment: u32,
-    file: File,
-    /// End of the last good record: on disk up to `flushed`, the rest in `buf`.
-    len: u64,
-    /// Bytes of the file written (not necessarily synced).
-    flushed: u64,
-    /// Small records waiting to be written at `flushed`.
-    buf: Vec<u8>,
-}
-
-/// Records are gathered up to this size before they are written.
-const WRITE_BUFFER: usize = 1 << 20;
-
-impl Writer {
-    /// Writes the buffered records. On failure the buffer is kept (a later
-    /// flush retries it) and anything written past `flushed` is cut off.
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let r = self.write_at_end(&[&buf]);
-        self.buf = buf;
-        r?;
-        self.buf.clear();
-        Ok(())
-    }
-
-    /// Writes `parts` one after the other at `flushed`, all or nothing:
-    /// a failure gives back the space of the partial write, so the file
-    /// ends at the last good record again.
-    fn write_at_end(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        let mut at = self.flushed;
-        for p in parts {
-            if let Err(e) = write_all_at(&self.file, p, at) {
-                // Best effort: the bytes past `flushed` are ignored anyway
-                // (overwritten by the next write, cut off on open).
-                let _ = self.file.set_len(self.flushed);
-                return Err(e);
-            }
-            at += p.len() as u64;
-        }
-        self.flushed = at;
-        Ok(())
-    }
-
-    /// Appends one record; on failure the writer is exactly as before.
-    fn append(&mut self, header: &[u8], data: &[u8]) -> io::Result<()> {
-        let rec = header.len() + data.len();
-        let small = rec <= WRITE_BUFFER / 4;
-        if !small || self.buf.len() + rec > WRITE_BUFFER {
-            self.flush()?;
-        }
-        if small {
-            self.buf.extend_from_slice(header);
-            self.buf.extend_from_slice(data);
-        } else {
-            self.write_at_end(&[header, data])?;
-        }
-        self.len += rec as u64;
-        Ok(())
-    }
-}
-
-/// `write_all` at an offset; a seam where tests inject write failures.
-fn write_all_at(f: &File, data: &[u8], at: u64) -> io::Result<()> {
-    #[cfg(test)]
-    if let Some(n) = fault::take(data.len()) {
-        f.write_all_at(&data[..n], at)?;
-        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-    }
-    f.write_all_at(data, at)
-}
-
-/// Injected write failures for unit tests: the next write of at least a
-/// given size writes only part of its bytes, then fails with ENOSPC.
-#[cfg(test)]
-mod fault {
-    use std::cell::Cell;
-
-    thread_local! {
-        static ARMED: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
-    }
-
-    /// Makes the next write of `min_len` bytes or more on this thread
-    /// write `partial` bytes and fail.
-    pub(super) fn arm(min_len: usize, partial: usize) {
-        ARMED.with(|a| a.set(Some((min_len, partial))));
-    }
-
-    /// How much of a write of `len` bytes to write before failing, if armed.
-    pub(super) fn take(len: usize) -> Option<usize> {
-        ARMED.with(|a| match a.get() {
-            Some((min, partial)) if len >= min => {
-                a.set(None);
-                Some(partial.min(len))
-            }
-            _ => None,
-        })
-    }
-}
-
 /// The directory of segment files.
 pub struct Segments {
     dir: PathBuf,
@@ -182,6 +81,8 @@ pub struct Segments {
     /// Segments closed since the last sync, with their final lengths.
     sealed: Mutex<Vec<(u32, u64)>>,
     next_segment: Mutex<u32>,
+    /// See [`Segments::epoch`].
+    epoch: AtomicU64,
 }
 
 /// Name of segment `n`.
@@ -223,6 +124,7 @@ impl Segments {
             writer: Mutex::new(None),
             sealed: Mutex::new(Vec::new()),
             next_segment: Mutex::new(max + 1),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -299,7 +201,7 @@ impl Segments {
             offset: w.len + RECORD_HEADER,
             len,
         };
-        w.append(&header, data)?;
+        w.append(&[&header, data])?;
         Ok(loc)
     }
 
@@ -308,35 +210,39 @@ impl Segments {
         let n = *next;
         *next += 1;
         let path = self.path(n);
-        let f = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        let started = write_all_at(&f, SEGMENT_MAGIC, 0)
-            // The directory entry must be durable before anything indexes into it.
-            .and_then(|()| File::open(&self.dir)?.sync_all());
-        if let Err(e) = started {
+        let w = Writer::create(n, &path, SEGMENT_MAGIC)?;
+        // The directory entry must be durable before anything indexes into it.
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
             // Never recorded, so nothing can refer to it: give the space back.
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        let len = SEGMENT_MAGIC.len() as u64;
-        Ok(Writer {
-            segment: n,
-            file: f,
-            len,
-            flushed: len,
-            buf: Vec::with_capacity(WRITE_BUFFER),
-        })
+        Ok(w)
+    }
+
+    /// After a failed flush or sync: the records written since the last
+    /// sync are dropped, and every batch that wrote one fails its commit
+    /// (see [`Segments::epoch`]).
+    fn discard_unsynced(&self, w: &mut Writer) {
+        w.discard_unsynced();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts the failed syncs. A batch notes it when it first appends, and
+    /// its commit fails if it changed by then: records it appended may have
+    /// been dropped.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Makes the active segment durable and closes it. On failure it stays
-    /// active, so no record appended to it is forgotten.
+    /// active (without the records since its last sync).
     fn close(&self, w: &mut Option<Writer>) -> io::Result<()> {
         if let Some(old) = w.as_mut() {
-            old.flush()?;
-            old.file.sync_data()?;
+            if let Err(e) = old.finish().and_then(|()| old.file.sync_data()) {
+                self.discard_unsynced(old);
+                return Err(e);
+            }
             lock(&self.sealed).push((old.segment, old.len));
             *w = None;
         }
@@ -350,8 +256,11 @@ impl Segments {
         let mut w = lock(&self.writer);
         let current = match w.as_mut() {
             Some(w) => {
-                w.flush()?;
-                w.file.sync_data()?;
+                if let Err(e) = w.flush().and_then(|()| w.file.sync_data()) {
+                    self.discard_unsynced(w);
+                    return Err(e);
+                }
+                w.synced();
                 Some((w.segment, w.len))
             }
             None => None,
@@ -455,17 +364,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Segments::open(dir.path(), &HashMap::new()).unwrap();
         let small = vec![1u8; 1000];
-        let big = vec![2u8; 600 << 10];
+        // Larger than the stage: written while it is appended, and the
+        // write fails half-way.
+        let big = vec![2u8; writer::STAGE + (600 << 10)];
         let a = s.append(&Hash::of(&small), &small).unwrap();
-        // The big record is written straight away and fails half-way.
-        fault::arm(big.len(), 300 << 10);
+        fault::arm(writer::STAGE, 300 << 10);
         assert!(s.append(&Hash::of(&big), &big).is_err());
         let c = s.append(&Hash::of(b"c"), b"c").unwrap();
-        let big2 = vec![3u8; 700 << 10];
+        let big2 = vec![3u8; writer::STAGE + (700 << 10)];
         let d = s.append(&Hash::of(&big2), &big2).unwrap();
         let (seg, len) = s.sync().unwrap()[0];
         assert_eq!(len, d.offset + d.len as u64);
-        assert_eq!(fs::metadata(s.path(seg)).unwrap().len(), len);
+        // The last block is written whole (padded) until the segment is sealed.
+        assert_eq!(
+            fs::metadata(s.path(seg)).unwrap().len(),
+            writer::round_up(len)
+        );
         for (loc, want) in [(a, &small[..]), (c, b"c"), (d, &big2[..])] {
             assert_eq!(s.read(loc).unwrap(), want);
         }
@@ -476,22 +390,34 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_flush_keeps_the_buffered_records_for_the_next_sync() {
+    fn a_failed_sync_drops_the_records_since_the_last_one() {
         let dir = tempfile::tempdir().unwrap();
         let s = Segments::open(dir.path(), &HashMap::new()).unwrap();
         let a = s.append(&Hash::of(b"a"), b"a").unwrap();
-        let b = s.append(&Hash::of(b"bb"), b"bb").unwrap();
+        let (seg, synced) = s.sync().unwrap()[0];
+        let epoch = s.epoch();
+        // Larger than the stage: part of it is written before the sync.
+        let big = vec![7u8; writer::STAGE + 5000];
+        let b = s.append(&Hash::of(&big), &big).unwrap();
+        s.append(&Hash::of(b"cc"), b"cc").unwrap();
         fault::arm(1, 10);
         assert!(s.sync().is_err());
-        let (seg, len) = s.sync().unwrap()[0];
-        assert_eq!(len, b.offset + 2);
-        assert_eq!(fs::metadata(s.path(seg)).unwrap().len(), len);
+        assert_eq!(s.epoch(), epoch + 1, "batches that wrote since must fail");
+        let file_len = fs::metadata(s.path(seg)).unwrap().len();
+        assert!(file_len <= writer::round_up(synced), "space given back");
+        // The next record goes where the dropped ones started.
+        let d = s.append(&Hash::of(b"d"), b"d").unwrap();
+        assert_eq!(d.offset, b.offset);
+        let (_, len) = s.sync().unwrap()[0];
+        assert_eq!(len, d.offset + 1);
         assert_eq!(s.read(a).unwrap(), b"a");
-        assert_eq!(s.read(b).unwrap(), b"bb");
+        assert_eq!(s.read(d).unwrap(), b"d");
+        s.seal().unwrap();
+        assert_eq!(fs::metadata(s.path(seg)).unwrap().len(), len, "sealed");
     }
 
     #[test]
-    fn a_store_batch_that_fails_mid_chunk_indexes_nothing_wrong() {
+    fn a_store_batch_whose_sync_fails_indexes_none_of_its_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
         let chunk = |n: u8| {
@@ -502,7 +428,32 @@ mod tests {
         {
             let mut batch = store.batch();
             batch.add(&a.0, &a.1).unwrap();
-            fault::arm(b.1.len(), 1000);
+            batch.add(&b.0, &b.1).unwrap();
+            fault::arm(1, 1000);
+            assert!(batch.commit().is_err());
+            // Dropped: the commit on drop fails too, indexing nothing.
+        }
+        store.put_chunks(std::slice::from_ref(&c)).unwrap();
+        assert!(!store.has_chunk(&a.0).unwrap());
+        assert!(!store.has_chunk(&b.0).unwrap());
+        assert_eq!(store.read_chunk(&c.0).unwrap(), c.1);
+        assert!(store.verify(false).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn a_store_batch_that_fails_mid_chunk_indexes_nothing_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        // Chunks larger than the stage: each is written as it is added.
+        let chunk = |n: u8| {
+            let d = vec![n; writer::STAGE + (300 << 10) + n as usize];
+            (Hash::of(&d), d)
+        };
+        let (a, b, c) = (chunk(1), chunk(2), chunk(3));
+        {
+            let mut batch = store.batch();
+            batch.add(&a.0, &a.1).unwrap();
+            fault::arm(writer::STAGE, 1000);
             assert!(batch.add(&b.0, &b.1).is_err());
             // Dropped: what was written before the failure is committed.
         }

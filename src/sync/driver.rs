@@ -30,7 +30,7 @@ use super::{Offence, PeerAccounting, Progress, SyncError};
 use crate::hash::Hash;
 use crate::net::{self, BoardHandle, ChunkAnswer, HaveUpdate, NetError};
 use crate::store::Store;
-use crate::task::{blocking, TaskFailed};
+use crate::task::blocking;
 
 /// A peer whose subscription ended is subscribed to again after this long.
 const RESUBSCRIBE: Duration = Duration::from_secs(2);
@@ -441,7 +441,9 @@ async fn subscribe(
 }
 
 /// One batched request: every answer is verified and reported as it
-/// arrives; a failure reports the chunks left unanswered.
+/// arrives; a failure reports the chunks left unanswered. A large body is
+/// hashed on the blocking pool while the next one is read (the hashing
+/// task reports it), so reading the stream never waits for a hash.
 async fn fetch_batch(
     client: net::Client,
     tx: mpsc::UnboundedSender<Note>,
@@ -464,10 +466,14 @@ async fn fetch_batch(
     let mut waited = Some(sent.elapsed());
     for (k, (&index, id)) in indices.iter().zip(ids).enumerate() {
         let result = match stream.next().await {
-            Some(Ok(ChunkAnswer::Found(body))) => match verify(Vec::from(body), id).await {
-                Ok(result) => result,
-                Err(e) => Err(NetError::Stream(e.to_string())),
-            },
+            Some(Ok(ChunkAnswer::Found(body))) => {
+                let data = Vec::from(body);
+                if data.len() >= HASH_OFF_THREAD {
+                    verify_off_thread(tx.clone(), peer, index, id, data, waited.take());
+                    continue;
+                }
+                Ok(verify(data, id))
+            }
             Some(Ok(ChunkAnswer::NotFound)) => Ok(Delivery::NotFound),
             Some(Ok(ChunkAnswer::Elsewhere)) => Ok(Delivery::Elsewhere),
             Some(Err(e)) => Err(e),
@@ -495,18 +501,50 @@ async fn fetch_batch(
     }
 }
 
-/// Hashes `data` (off the async threads when large) against `id`.
-async fn verify(data: Vec<u8>, id: Hash) -> Result<Result<Delivery, NetError>, TaskFailed> {
-    let small = data.len() < HASH_OFF_THREAD;
-    let check = move || {
-        Ok::<_, TaskFailed>(Ok(if Hash::of(&data) == id {
-            Delivery::Verified(data)
-        } else {
-            Delivery::WrongBytes
-        }))
-    };
-    if small {
-        return check();
+/// Whether `data` hashes to `id`.
+fn verify(data: Vec<u8>, id: Hash) -> Delivery {
+    if Hash::of(&data) == id {
+        Delivery::Verified(data)
+    } else {
+        Delivery::WrongBytes
     }
-    blocking("verifying a chunk", check).await
+}
+
+/// Hashes a body on the blocking pool and reports it from there: one task
+/// hop per chunk, and the stream is read on meanwhile.
+fn verify_off_thread(
+    tx: mpsc::UnboundedSender<Note>,
+    peer: PeerId,
+    index: u32,
+    id: Hash,
+    data: Vec<u8>,
+    waited: Option<Duration>,
+) {
+    /// Reports the chunk failed if the hashing never reports it (a panic):
+    /// the scheduler must hear about every chunk it asked for.
+    struct Report(Option<(mpsc::UnboundedSender<Note>, PeerId, u32)>);
+    impl Drop for Report {
+        fn drop(&mut self) {
+            if let Some((tx, peer, index)) = self.0.take() {
+                let _ = tx.send(Note::Failed {
+                    peer,
+                    indices: vec![index],
+                    error: NetError::Stream("verifying a chunk failed".into()),
+                });
+            }
+        }
+    }
+    let span = tracing::Span::current();
+    let mut report = Report(Some((tx, peer, index)));
+    tokio::task::spawn_blocking(move || {
+        let result = span.in_scope(|| verify(data, id));
+        if let Some((tx, peer, index)) = report.0.take() {
+            let _ = tx.send(Note::Chunk {
+                peer,
+                index,
+                result,
+                waited,
+            });
+        }
+    });
 }
