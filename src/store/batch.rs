@@ -67,6 +67,14 @@ impl Batch<'_> {
             .segs
             .sync()
             .map_err(io_ctx("syncing chunk data"))?;
+        // Recorded whatever happens next: `sync` hands each closed
+        // segment's durable length out once, and another batch's chunks may
+        // lie in it.
+        for (seg, len) in synced {
+            self.store
+                .segment_lens
+                .insert(seg.to_be_bytes(), &len.to_be_bytes())?;
+        }
         if self
             .epoch
             .take()
@@ -74,14 +82,10 @@ impl Batch<'_> {
         {
             // A failed sync dropped what this batch wrote: index none of it.
             self.pending.clear();
+            self.store.db.flush()?;
             return Err(io_ctx("syncing chunk data")(io::Error::other(
                 "an earlier sync failed and dropped this batch's chunks",
             )));
-        }
-        for (seg, len) in synced {
-            self.store
-                .segment_lens
-                .insert(seg.to_be_bytes(), &len.to_be_bytes())?;
         }
         self.store.chunks.insert(self.pending.drain())?;
         self.store.db.flush()?;

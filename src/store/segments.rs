@@ -441,6 +441,39 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_batch_keeps_the_length_of_a_segment_another_batch_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = |n: u8| {
+            let d = vec![n; (300 << 10) + n as usize];
+            (Hash::of(&d), d)
+        };
+        let (a, x, f) = (chunk(1), chunk(2), chunk(3));
+        {
+            let store = crate::store::Store::open(dir.path()).unwrap();
+            let mut stale = store.batch();
+            stale.add(&a.0, &a.1).unwrap();
+            {
+                // A failed sync drops what `stale` wrote.
+                let mut failing = store.batch();
+                failing.add(&x.0, &x.1).unwrap();
+                fault::arm(1, 1000);
+                assert!(failing.commit().is_err());
+            }
+            let mut later = store.batch();
+            later.add(&f.0, &f.1).unwrap();
+            // The segment `later` wrote to is closed; its length is handed
+            // out by the next sync, which is the stale batch's.
+            store.segs.seal().unwrap();
+            assert!(stale.commit().is_err());
+            later.commit().unwrap();
+        }
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        assert_eq!(store.read_chunk(&f.0).unwrap(), f.1);
+        assert!(!store.has_chunk(&a.0).unwrap());
+        assert!(store.verify(false).unwrap().problems.is_empty());
+    }
+
+    #[test]
     fn a_store_batch_that_fails_mid_chunk_indexes_nothing_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();

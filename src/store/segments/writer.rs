@@ -20,7 +20,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
@@ -95,20 +95,16 @@ impl Writer {
     /// Creates segment file `path`, starting with `magic` (written with
     /// the first records).
     pub(super) fn create(segment: u32, path: &Path, magic: &[u8]) -> io::Result<Writer> {
-        let open = |flags: i32| {
-            OpenOptions::new()
-                .create_new(true)
-                .read(true)
-                .write(true)
-                .custom_flags(flags)
-                .open(path)
-        };
-        let (file, direct) = match open(DIRECT) {
-            Ok(f) => (f, DIRECT != 0),
-            // This file system takes no direct I/O: the page cache it is.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
-            Err(e) => return Err(e),
-        };
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        // Direct I/O is switched on after the file exists: `open` with
+        // O_DIRECT on a file system that refuses it creates the file before
+        // it fails, and a second `create_new` would then fail too. Where it
+        // is refused, the page cache it is.
+        let direct = DIRECT != 0 && set_direct(&file, true).is_ok();
         let mut stage = Stage::new();
         stage.bytes_mut()[..magic.len()].copy_from_slice(magic);
         Ok(Writer {
