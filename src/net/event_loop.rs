@@ -149,8 +149,6 @@ pub struct EventLoop {
     provider_queries: HashMap<libp2p::kad::QueryId, CollectionId>,
     /// libp2p's metrics, fed every swarm event, if kept.
     metrics: Option<Arc<libp2p::metrics::Metrics>>,
-    /// QUIC sockets whose receive buffer was raised.
-    udp: super::udp_buffers::Raised,
 }
 
 impl EventLoop {
@@ -192,7 +190,6 @@ impl EventLoop {
             discovery: Schedule::default(),
             provider_queries: HashMap::new(),
             metrics: None,
-            udp: Default::default(),
         }
     }
 

@@ -46,7 +46,6 @@ mod peer_book;
 mod rate;
 #[cfg(test)]
 mod tests;
-mod udp_buffers;
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): each
 /// wire decoder over a byte slice. Not part of the API.

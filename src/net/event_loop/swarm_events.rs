@@ -24,9 +24,6 @@ impl EventLoop {
                 address,
             } => {
                 debug!(%address, "listening");
-                if super::super::udp_buffers::quic_port(&address).is_some() {
-                    self.udp.raise_all();
-                }
                 self.listener_settled(listener_id);
             }
             SwarmEvent::ListenerClosed {
@@ -63,7 +60,6 @@ impl EventLoop {
                 }
                 let first_peer = self.peers.is_empty();
                 let addr = endpoint.get_remote_address().clone();
-                self.udp.on_connection(&addr);
                 self.peers
                     .entry(peer_id)
                     .or_default()

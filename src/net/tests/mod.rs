@@ -571,3 +571,5 @@ fn tls_prefers_aes_gcm_where_the_cpu_has_it() {
         assert!(first.contains("CHACHA20"), "{first}");
     }
 }
+
+mod quic;

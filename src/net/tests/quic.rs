@@ -1,0 +1,165 @@
+//! QUIC socket settings, checked on real sockets: the receive buffer the
+//! node asks for, and datagrams larger than Ethernet's where the path
+//! carries them.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::UdpSocket;
+
+use super::*;
+use crate::net::behaviour::{QUIC_MAX_UDP_PAYLOAD, QUIC_RECV_BUFFER};
+
+/// The UDP port of a QUIC address.
+fn quic_port(addr: &Multiaddr) -> u16 {
+    use libp2p::multiaddr::Protocol;
+    addr.iter()
+        .find_map(|p| match p {
+            Protocol::Udp(n) => Some(n),
+            _ => None,
+        })
+        .expect("a UDP address")
+}
+
+/// The descriptors of this process's UDP sockets bound to `port`.
+fn udp_sockets_on(port: u16) -> Vec<RawFd> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if sockopt(fd, libc::SO_TYPE) == Some(libc::SOCK_DGRAM) && local_port(fd) == Some(port) {
+            out.push(fd);
+        }
+    }
+    out
+}
+
+/// An integer socket option (`None` if `fd` is not a socket).
+fn sockopt(fd: RawFd, name: libc::c_int) -> Option<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, a c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(v)
+}
+
+fn local_port(fd: RawFd) -> Option<u16> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into `addr`.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || addr.ss_family as libc::c_int != libc::AF_INET {
+        return None;
+    }
+    // SAFETY: the family says the storage holds a sockaddr_in.
+    let a: &libc::sockaddr_in = unsafe { &*(&addr as *const libc::sockaddr_storage).cast() };
+    Some(u16::from_be(a.sin_port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_sockets_get_the_larger_receive_buffer() {
+    let a = start(config(vec![quic_addr()], false), MapProvider::default());
+    let addrs = a.client.listen_addrs().await;
+    let fds = udp_sockets_on(quic_port(&addrs[0]));
+    assert!(!fds.is_empty(), "no socket listens on {}", addrs[0]);
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let default = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let default = sockopt(std::os::fd::AsRawFd::as_raw_fd(&default), libc::SO_RCVBUF).unwrap();
+    // Linux doubles what is asked, up to twice net.core.rmem_max.
+    let expect = 2 * QUIC_RECV_BUFFER.min(rmem_max);
+    for fd in fds {
+        let got = sockopt(fd, libc::SO_RCVBUF).unwrap() as usize;
+        if expect > default as usize {
+            assert_eq!(got, expect, "receive buffer of the QUIC socket");
+        } else {
+            // net.core.rmem_max leaves nothing to raise on this machine.
+            assert!(got >= default as usize, "receive buffer {got}");
+        }
+    }
+}
+
+/// Forwards datagrams between one client and `upstream`, recording the
+/// largest it saw in either direction.
+async fn relay(front: UdpSocket, upstream: std::net::SocketAddr, largest: Arc<AtomicUsize>) {
+    let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(upstream).await.unwrap();
+    let mut client = None;
+    let (mut up, mut down) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+    loop {
+        tokio::select! {
+            r = front.recv_from(&mut up) => {
+                let (n, from) = r.unwrap();
+                client = Some(from);
+                largest.fetch_max(n, Ordering::Relaxed);
+                let _ = back.send(&up[..n]).await;
+            }
+            r = back.recv(&mut down) => {
+                let n = r.unwrap();
+                largest.fetch_max(n, Ordering::Relaxed);
+                if let Some(c) = client {
+                    let _ = front.send_to(&down[..n], c).await;
+                }
+            }
+        }
+    }
+}
+
+/// Loopback carries 64 KiB datagrams: path-MTU discovery takes QUIC past
+/// Ethernet's 1472-byte payloads up to the node's bound (quinn's endpoint
+/// stops at 1472 unless told otherwise), and the bytes still arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_finds_datagrams_larger_than_ethernet_where_the_path_carries_them() {
+    const CHUNK: usize = 256 * 1024;
+    let mut provider = MapProvider::default();
+    let ids: Vec<Hash> = (0..32u32).map(|i| Hash::of(&i.to_be_bytes())).collect();
+    for (i, cid) in ids.iter().enumerate() {
+        provider
+            .chunks
+            .insert(*cid, Bytes::from(vec![i as u8; CHUNK]));
+    }
+    let a = start(config(vec![quic_addr()], false), provider);
+    let b = start(config(vec![quic_addr()], false), MapProvider::default());
+    let listen = a.client.listen_addrs().await;
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], quic_port(&listen[0])));
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let via: Multiaddr = format!(
+        "/ip4/127.0.0.1/udp/{}/quic-v1",
+        front.local_addr().unwrap().port()
+    )
+    .parse()
+    .unwrap();
+    let largest = Arc::new(AtomicUsize::new(0));
+    let relay = tokio::spawn(relay(front, upstream, largest.clone()));
+    b.client.dial(via).await.unwrap();
+    let pa = a.client.local_peer_id();
+    for (i, cid) in ids.iter().enumerate() {
+        let got = b.client.fetch_chunk(pa, *cid).await.unwrap();
+        assert_eq!(got, Bytes::from(vec![i as u8; CHUNK]));
+    }
+    relay.abort();
+    let largest = largest.load(Ordering::Relaxed);
+    assert!(
+        largest > 1472 && largest <= QUIC_MAX_UDP_PAYLOAD as usize,
+        "largest datagram {largest} bytes"
+    );
+}
