@@ -197,12 +197,15 @@ fn yamux_config() -> yamux::Config {
 /// acknowledging, reassembling); on other paths discovery stops at what
 /// they carry. Not more, because quinn sends up to 10 datagrams per
 /// segmentation-offload batch, a batch must fit the 64 KiB UDP limit, and
-/// the kernel refuses (and quinn drops) one that does not.
+/// the kernel refuses (and quinn drops) one that does not. quinn sizes its
+/// receive buffer from it (6500 x 64 segments x 32 datagrams, 13 MB of
+/// address space per endpoint), but only what the kernel writes is touched:
+/// at most 64 KiB per datagram slot, about 2 MiB.
 pub(crate) const QUIC_MAX_UDP_PAYLOAD: u16 = 6_500;
 const _: () = assert!(10 * QUIC_MAX_UDP_PAYLOAD as usize <= 65_507);
 
-/// Receive buffer asked for each QUIC socket: a few milliseconds of a
-/// gigabit-class link (the kernel caps it at `net.core.rmem_max`). The
+/// Receive buffer asked for each QUIC socket: about 67 ms of a 1 Gbit/s
+/// link (the kernel caps it at `net.core.rmem_max`; a larger buffer is kept). The
 /// system default (208 KiB on Linux) overflows whenever the receiving
 /// process is briefly off the CPU: the kernel drops datagrams, which QUIC
 /// takes as congestion and slows down for (measured: about 500 drops per

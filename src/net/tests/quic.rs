@@ -72,35 +72,60 @@ fn local_port(fd: RawFd) -> Option<u16> {
     Some(u16::from_be(a.sin_port))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_sockets_get_the_larger_receive_buffer() {
-    let a = start(config(vec![quic_addr()], false), MapProvider::default());
-    let addrs = a.client.listen_addrs().await;
-    let fds = udp_sockets_on(quic_port(&addrs[0]));
-    assert!(!fds.is_empty(), "no socket listens on {}", addrs[0]);
-    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let default = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let default = sockopt(std::os::fd::AsRawFd::as_raw_fd(&default), libc::SO_RCVBUF).unwrap();
-    // Linux doubles what is asked, up to twice net.core.rmem_max.
-    let expect = 2 * QUIC_RECV_BUFFER.min(rmem_max);
+/// What a UDP socket's receive buffer is once the node has raised it: the
+/// kernel's answer to the same request on a fresh socket, or the default if
+/// that is larger (the node never lowers it).
+fn raised_recv_buffer() -> libc::c_int {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&probe);
+    let default = sockopt(fd, libc::SO_RCVBUF).unwrap();
+    let want = libc::c_int::try_from(QUIC_RECV_BUFFER).unwrap();
+    // SAFETY: setsockopt reads a c_int from `want`.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&want as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    default.max(sockopt(fd, libc::SO_RCVBUF).unwrap())
+}
+
+/// Every socket of this process on `port` has the raised receive buffer.
+fn assert_raised(port: u16, what: &str) {
+    let fds = udp_sockets_on(port);
+    assert!(!fds.is_empty(), "no UDP socket on port {port} ({what})");
+    let expect = raised_recv_buffer();
     for fd in fds {
-        let got = sockopt(fd, libc::SO_RCVBUF).unwrap() as usize;
-        if expect > default as usize {
-            assert_eq!(got, expect, "receive buffer of the QUIC socket");
-        } else {
-            // net.core.rmem_max leaves nothing to raise on this machine.
-            assert!(got >= default as usize, "receive buffer {got}");
-        }
+        let got = sockopt(fd, libc::SO_RCVBUF).unwrap();
+        assert_eq!(got, expect, "receive buffer of the {what} socket");
     }
 }
 
-/// Forwards datagrams between one client and `upstream`, recording the
-/// largest it saw in either direction.
-async fn relay(front: UdpSocket, upstream: std::net::SocketAddr, largest: Arc<AtomicUsize>) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_listeners_get_the_larger_receive_buffer() {
+    let a = start(config(vec![quic_addr()], false), MapProvider::default());
+    let addrs = a.client.listen_addrs().await;
+    assert_raised(quic_port(&addrs[0]), "listener");
+}
+
+/// What the relay saw.
+#[derive(Default)]
+struct Seen {
+    /// The dialer's address, once it has sent something.
+    client: std::sync::Mutex<Option<std::net::SocketAddr>>,
+    /// Largest datagram in either direction.
+    largest: AtomicUsize,
+    /// Bytes from the listener to the dialer: all, and in datagrams over 4000 bytes.
+    down: AtomicUsize,
+    down_large: AtomicUsize,
+}
+
+/// Forwards datagrams between one client and `upstream`, recording sizes.
+async fn relay(front: UdpSocket, upstream: std::net::SocketAddr, seen: Arc<Seen>) {
     let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     back.connect(upstream).await.unwrap();
     let mut client = None;
@@ -108,14 +133,20 @@ async fn relay(front: UdpSocket, upstream: std::net::SocketAddr, largest: Arc<At
     loop {
         tokio::select! {
             r = front.recv_from(&mut up) => {
-                let (n, from) = r.unwrap();
+                let Ok((n, from)) = r else { continue };
                 client = Some(from);
-                largest.fetch_max(n, Ordering::Relaxed);
+                *seen.client.lock().unwrap() = Some(from);
+                seen.largest.fetch_max(n, Ordering::Relaxed);
                 let _ = back.send(&up[..n]).await;
             }
             r = back.recv(&mut down) => {
-                let n = r.unwrap();
-                largest.fetch_max(n, Ordering::Relaxed);
+                // An ICMP error from a closed port shows up here: not data.
+                let Ok(n) = r else { continue };
+                seen.largest.fetch_max(n, Ordering::Relaxed);
+                seen.down.fetch_add(n, Ordering::Relaxed);
+                if n > 4000 {
+                    seen.down_large.fetch_add(n, Ordering::Relaxed);
+                }
                 if let Some(c) = client {
                     let _ = front.send_to(&down[..n], c).await;
                 }
@@ -126,7 +157,10 @@ async fn relay(front: UdpSocket, upstream: std::net::SocketAddr, largest: Arc<At
 
 /// Loopback carries 64 KiB datagrams: path-MTU discovery takes QUIC past
 /// Ethernet's 1472-byte payloads up to the node's bound (quinn's endpoint
-/// stops at 1472 unless told otherwise), and the bytes still arrive whole.
+/// stops at 1472 unless told otherwise), most bytes travel in the large
+/// datagrams, and they still arrive whole. The dialer listens on TCP only,
+/// so it dials from a socket of its own, which gets the larger receive
+/// buffer too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_finds_datagrams_larger_than_ethernet_where_the_path_carries_them() {
     const CHUNK: usize = 256 * 1024;
@@ -138,7 +172,7 @@ async fn quic_finds_datagrams_larger_than_ethernet_where_the_path_carries_them()
             .insert(*cid, Bytes::from(vec![i as u8; CHUNK]));
     }
     let a = start(config(vec![quic_addr()], false), provider);
-    let b = start(config(vec![quic_addr()], false), MapProvider::default());
+    let b = start(config(vec![tcp_addr()], false), MapProvider::default());
     let listen = a.client.listen_addrs().await;
     let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], quic_port(&listen[0])));
     let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -148,18 +182,33 @@ async fn quic_finds_datagrams_larger_than_ethernet_where_the_path_carries_them()
     )
     .parse()
     .unwrap();
-    let largest = Arc::new(AtomicUsize::new(0));
-    let relay = tokio::spawn(relay(front, upstream, largest.clone()));
+    let seen = Arc::new(Seen::default());
+    let relay = tokio::spawn(relay(front, upstream, seen.clone()));
     b.client.dial(via).await.unwrap();
     let pa = a.client.local_peer_id();
     for (i, cid) in ids.iter().enumerate() {
         let got = b.client.fetch_chunk(pa, *cid).await.unwrap();
         assert_eq!(got, Bytes::from(vec![i as u8; CHUNK]));
     }
+    assert!(!relay.is_finished(), "the relay stopped");
     relay.abort();
-    let largest = largest.load(Ordering::Relaxed);
+    let largest = seen.largest.load(Ordering::Relaxed);
     assert!(
         largest > 1472 && largest <= QUIC_MAX_UDP_PAYLOAD as usize,
         "largest datagram {largest} bytes"
     );
+    let (down, large) = (
+        seen.down.load(Ordering::Relaxed),
+        seen.down_large.load(Ordering::Relaxed),
+    );
+    assert!(
+        large * 2 > down,
+        "{large} of {down} bytes in datagrams over 4000 bytes"
+    );
+    let client = seen
+        .client
+        .lock()
+        .unwrap()
+        .expect("the dialer sent something");
+    assert_raised(client.port(), "dialer");
 }

@@ -198,8 +198,8 @@ impl From<Config> for QuinnConfig {
 
         if let Some(bound) = mtu_upper_bound {
             if u64::from(bound) > endpoint_config.get_max_udp_payload_size() {
-                // Cannot fail: quinn accepts 1200..=65527 and `bound` is above the default.
-                let _ = endpoint_config.max_udp_payload_size(bound);
+                // quinn accepts 1200..=65527; anything above the default is at least 1200.
+                let _ = endpoint_config.max_udp_payload_size(bound.min(65_527));
             }
         }
 

@@ -190,15 +190,28 @@ impl<P: Provider> GenTransport<P> {
             socket.set_only_v6(true)?;
         }
 
-        if let Some(bytes) = self.quinn_config.recv_buffer_size {
-            // Best effort, as the system may cap or refuse it (peermirror patch).
-            if let Err(error) = socket.set_recv_buffer_size(bytes) {
-                tracing::debug!(%error, bytes, "could not set the UDP receive buffer");
-            }
-        }
         socket.bind(&socket_addr.into())?;
+        self.raise_recv_buffer(&socket);
 
         Ok(socket.into())
+    }
+
+    /// Raises the socket's receive buffer to [`Config::recv_buffer_size`], never
+    /// lowering it. Best effort: the system may cap or refuse it (peermirror patch).
+    fn raise_recv_buffer(&self, socket: &Socket) {
+        let Some(bytes) = self.quinn_config.recv_buffer_size else {
+            return;
+        };
+        if socket.recv_buffer_size().is_ok_and(|now| now >= bytes) {
+            return;
+        }
+        match socket.set_recv_buffer_size(bytes) {
+            Ok(()) => tracing::debug!(
+                bytes = ?socket.recv_buffer_size(),
+                "raised the UDP receive buffer"
+            ),
+            Err(error) => tracing::debug!(%error, bytes, "could not raise the UDP receive buffer"),
+        }
     }
 
     fn bound_socket(&mut self, socket_addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
@@ -211,6 +224,7 @@ impl<P: Provider> GenTransport<P> {
             SocketFamily::Ipv6 => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
         };
         let socket = UdpSocket::bind(listen_socket_addr)?;
+        self.raise_recv_buffer(&socket2::SockRef::from(&socket));
         let endpoint_config = self.quinn_config.endpoint_config.clone();
         let endpoint = Self::new_endpoint(endpoint_config, None, socket)?;
         Ok(endpoint)
